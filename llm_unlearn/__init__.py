@@ -1,0 +1,3 @@
+"""llm_unlearn: remove the influence of chosen training data from causal language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,174 @@
+"""Prompt formatting and label masking: turn QA pairs and raw texts into `input_ids` + `labels`.
+
+A QA pair becomes `prompt_ids + completion_ids`, tokenized separately and concatenated (as TRL does for
+prompt-completion data) so that generation from `prompt_ids` sees exactly what training saw. Prompt tokens
+get label -100: the loss is on answer tokens only. A raw text is trained on every token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+PROMPT_TEMPLATES = ("auto", "chat", "plain")
+# Llama-3 chat templates print today's date unless given one; a fixed date keeps results reproducible.
+PINNED_DATE = "26 Jul 2024"
+PLAIN_PROMPT = "Question: {question}\nAnswer:"
+
+
+def _resolve_template(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"prompt_template={template!r} is not known; use one of {PROMPT_TEMPLATES}.")
+    if template == "auto":
+        return "chat" if tokenizer.chat_template else "plain"
+    if template == "chat" and not tokenizer.chat_template:
+        raise ValueError(
+            f"prompt_template='chat' but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
+            "use prompt_template='plain' (or 'auto')."
+        )
+    return template
+
+
+def _messages(question: str, system_prompt: str | None, answer: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    messages.append({"role": "user", "content": question})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def format_qa(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    answer: str | None = None,
+    *,
+    template: str = "auto",
+    system_prompt: str | None = None,
+) -> tuple[str, str]:
+    """Return `(prompt, completion)` strings for a QA pair; `completion` is "" when `answer` is None."""
+    template = _resolve_template(tokenizer, template)
+    if template == "plain":
+        prompt = PLAIN_PROMPT.format(question=question)
+        if answer is None:
+            return prompt, ""
+        return prompt, " " + answer + (tokenizer.eos_token or "")
+    prompt = tokenizer.apply_chat_template(
+        _messages(question, system_prompt),
+        tokenize=False,
+        add_generation_prompt=True,
+        date_string=PINNED_DATE,
+    )
+    if answer is None:
+        return prompt, ""
+    full = tokenizer.apply_chat_template(
+        _messages(question, system_prompt, answer), tokenize=False, date_string=PINNED_DATE
+    )
+    if not full.startswith(prompt):
+        raise ValueError(
+            f"the chat template of {tokenizer.name_or_path!r} renders the conversation with a different prefix "
+            "than the generation prompt, so prompt and answer cannot be split; use prompt_template='plain'."
+        )
+    # The template may end a turn with a newline after the end-of-turn token; training on it is noise.
+    return prompt, full[len(prompt) :].rstrip()
+
+
+def encode_qa(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    answer: str,
+    *,
+    template: str = "auto",
+    system_prompt: str | None = None,
+    max_length: int | None = None,
+) -> dict[str, list[int]]:
+    """Tokenize a QA pair into `input_ids` and `labels` with the prompt masked (-100)."""
+    prompt, completion = format_qa(tokenizer, question, answer, template=template, system_prompt=system_prompt)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    input_ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    if max_length is not None:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise ValueError(
+            f"max_length={max_length} leaves no answer tokens for the question {question[:60]!r} "
+            f"(its prompt alone is {len(prompt_ids)} tokens); raise max_length."
+        )
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, *, max_length: int | None = None
+) -> dict[str, list[int]]:
+    """Tokenize a raw text for training on every token (labels equal input_ids)."""
+    input_ids = tokenizer(text, add_special_tokens=True, truncation=max_length is not None, max_length=max_length)[
+        "input_ids"
+    ]
+    if len(input_ids) < 2:
+        raise ValueError(f"the text {text[:60]!r} has fewer than 2 tokens; nothing to predict.")
+    return {"input_ids": input_ids, "labels": list(input_ids)}
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    template: str = "auto",
+    system_prompt: str | None = None,
+    max_length: int | None = 256,
+    answer_field: str = "answer",
+) -> Dataset:
+    """Map a QA (`question`/`answer`) or text (`text`) dataset to `input_ids` + `labels` columns."""
+    columns = dataset.column_names
+    if "question" in columns:
+        if answer_field not in columns:
+            raise ValueError(f"answer_field={answer_field!r} is not a column; the dataset has {columns}.")
+
+        def encode(row: dict[str, Any]) -> dict[str, list[int]]:
+            return encode_qa(
+                tokenizer,
+                row["question"],
+                row[answer_field],
+                template=template,
+                system_prompt=system_prompt,
+                max_length=max_length,
+            )
+
+    elif "text" in columns:
+
+        def encode(row: dict[str, Any]) -> dict[str, list[int]]:
+            return encode_text(tokenizer, row["text"], max_length=max_length)
+
+    else:
+        raise ValueError(f"a dataset needs a 'question' and 'answer' column or a 'text' column; it has {columns}.")
+    return dataset.map(encode, remove_columns=columns, desc="Tokenizing", load_from_cache_file=False)
+
+
+@dataclass
+class PaddingCollator:
+    """Right-pad `input_ids` (with the pad id) and `labels` (with -100); the attention mask comes from the true
+    lengths, never from comparing tokens with the pad id (which hides real end-of-turn tokens when the pad token
+    is the end-of-turn token, as in SmolLM2)."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [len(f["input_ids"]) for f in features]
+        width = max(lengths)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
+            input_ids[row, :length] = torch.as_tensor(feature["input_ids"])
+            labels[row, :length] = torch.as_tensor(feature["labels"])
+            attention_mask[row, :length] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
