@@ -88,7 +88,9 @@ def encode_qa(
     max_length: int | None = None,
 ) -> dict[str, list[int]]:
     """Tokenize a QA pair into `input_ids` and `labels` with the prompt masked (-100)."""
-    prompt, completion = format_qa(tokenizer, question, answer, template=template, system_prompt=system_prompt)
+    prompt, completion = format_qa(
+        tokenizer, question, answer, template=template, system_prompt=system_prompt
+    )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     input_ids = prompt_ids + completion_ids
@@ -107,9 +109,9 @@ def encode_text(
     tokenizer: PreTrainedTokenizerBase, text: str, *, max_length: int | None = None
 ) -> dict[str, list[int]]:
     """Tokenize a raw text for training on every token (labels equal input_ids)."""
-    input_ids = tokenizer(text, add_special_tokens=True, truncation=max_length is not None, max_length=max_length)[
-        "input_ids"
-    ]
+    input_ids = tokenizer(
+        text, add_special_tokens=True, truncation=max_length is not None, max_length=max_length
+    )["input_ids"]
     if len(input_ids) < 2:
         raise ValueError(f"the text {text[:60]!r} has fewer than 2 tokens; nothing to predict.")
     return {"input_ids": input_ids, "labels": list(input_ids)}
@@ -146,7 +148,9 @@ def tokenize_dataset(
             return encode_text(tokenizer, row["text"], max_length=max_length)
 
     else:
-        raise ValueError(f"a dataset needs a 'question' and 'answer' column or a 'text' column; it has {columns}.")
+        raise ValueError(
+            f"a dataset needs a 'question' and 'answer' column or a 'text' column; it has {columns}."
+        )
     return dataset.map(encode, remove_columns=columns, desc="Tokenizing", load_from_cache_file=False)
 
 

@@ -1,0 +1,24 @@
+"""Unlearning methods, one module each, registered by name in `METHODS`."""
+
+from llm_unlearn.methods import grad_ascent, grad_diff
+from llm_unlearn.methods.base import (
+    METHODS,
+    MethodConfig,
+    UnlearnMethod,
+    UnlearnStep,
+    get_method,
+    register_method,
+)
+from llm_unlearn.methods.retain import RETAIN_LOSSES
+
+__all__ = [
+    "METHODS",
+    "RETAIN_LOSSES",
+    "MethodConfig",
+    "UnlearnMethod",
+    "UnlearnStep",
+    "get_method",
+    "grad_ascent",
+    "grad_diff",
+    "register_method",
+]

