@@ -1,0 +1,37 @@
+"""The `llm-unlearn` command: `demo`, and the recipes `finetune`, `unlearn` and `eval` as subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
+# loading transformers and trl takes seconds.
+COMMANDS = {
+    "demo": ("llm_unlearn.demo", "Offline end-to-end run: fine-tune, unlearn, evaluate, print a table."),
+    "finetune": ("llm_unlearn.scripts.finetune", "Fine-tune the target model or the retain model."),
+    "unlearn": ("llm_unlearn.scripts.unlearn", "Unlearn a forget set with a registered method."),
+    "eval": ("llm_unlearn.scripts.evaluate", "Evaluate a model on forget/retain data; write eval.json."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; each subcommand parses its own arguments (and `--config file.yaml`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="llm-unlearn", description=__doc__)
+    parser.add_argument(
+        "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command = parser.parse_args(argv[:1]).command
+    module = importlib.import_module(COMMANDS[command][0])
+    recipe_parser = module.make_parser(prog=f"llm-unlearn {command}")
+    module.main(*recipe_parser.parse_args_and_config(argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`DataArguments`: the data options every recipe shares (source, forget/retain/holdout selection, formatting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+
+from llm_unlearn.data.loading import load_records
+from llm_unlearn.data.selection import UnlearnSplit, select_forget_retain
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from, which part is forgotten, and how examples are rendered as prompts."""
+
+    dataset: str = field(
+        default="builtin",
+        metadata={"help": "'builtin', a local .json/.jsonl/.csv/.parquet file, or a Hub dataset name."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub config, or builtin options."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of `dataset` that was trained on."})
+    forget_subjects: list[str] | None = field(
+        default=None, metadata={"help": "Subject ids whose examples form the forget set."}
+    )
+    retain_subjects: list[str] | None = field(
+        default=None, metadata={"help": "Subject ids to keep; every other subject is forgotten."}
+    )
+    forget_data: str | None = field(
+        default=None, metadata={"help": "A separate file or Hub dataset holding the forget set."}
+    )
+    forget_data_config: str | None = field(default=None, metadata={"help": "Hub config of `forget_data`."})
+    forget_data_split: str = field(default="train", metadata={"help": "Split of `forget_data`."})
+    holdout_subjects: list[str] | None = field(
+        default=None, metadata={"help": "Subject ids never trained on (removed from forget and retain)."}
+    )
+    holdout_data: str | None = field(
+        default=None, metadata={"help": "A separate file or Hub dataset of never-trained examples."}
+    )
+    holdout_data_config: str | None = field(default=None, metadata={"help": "Hub config of `holdout_data`."})
+    holdout_data_split: str = field(default="train", metadata={"help": "Split of `holdout_data`."})
+    prompt_template: str = field(
+        default="auto", metadata={"help": "'chat' (the tokenizer's chat template), 'plain', or 'auto'."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System message for chat templates."})
+    max_length: int = field(default=256, metadata={"help": "Maximum tokens per example (prompt + answer)."})
+
+    def load_split(self) -> UnlearnSplit:
+        """Load the data and split it into forget, retain and holdout sets."""
+        data = load_records(self.dataset, config=self.dataset_config, split=self.dataset_split)
+        forget_data = self._load_optional(self.forget_data, self.forget_data_config, self.forget_data_split)
+        holdout_data = self._load_optional(
+            self.holdout_data, self.holdout_data_config, self.holdout_data_split
+        )
+        return select_forget_retain(
+            data,
+            forget_subjects=self.forget_subjects,
+            retain_subjects=self.retain_subjects,
+            forget_data=forget_data,
+            holdout_subjects=self.holdout_subjects,
+            holdout_data=holdout_data,
+        )
+
+    @staticmethod
+    def _load_optional(source: str | None, config: str | None, split: str) -> Dataset | None:
+        return None if source is None else load_records(source, config=config, split=split)
+
+    def format_kwargs(self) -> dict:
+        """Keyword arguments for `tokenize_dataset` / `EvalConfig` that fix how prompts are rendered."""
+        return {
+            "template": self.prompt_template,
+            "system_prompt": self.system_prompt,
+            "max_length": self.max_length,
+        }

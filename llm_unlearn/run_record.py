@@ -1,0 +1,90 @@
+"""`run.json`: what a run did (config, method, data fingerprints, seed, library versions, wall time), and the
+final move of a finished run from its staging directory into place."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import Trainer
+
+from llm_unlearn.data.loading import fingerprint
+from llm_unlearn.data.selection import subject_ids
+from llm_unlearn.io import check_output_dir, write_json_atomic
+
+LIBRARIES = ("llm-unlearn", "torch", "transformers", "peft", "accelerate", "trl", "datasets")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a result depends on."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def describe_data(dataset: Dataset | None) -> dict[str, Any] | None:
+    """Counts, subjects and a content fingerprint of a data set; never its text."""
+    if dataset is None:
+        return None
+    subjects = subject_ids(dataset) if "subject_id" in dataset.column_names else []
+    return {"num_examples": len(dataset), "fingerprint": fingerprint(dataset), "subject_ids": subjects}
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-safe copy of a config: dataclasses to dicts, unknown objects to strings."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {str(key): jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [jsonable(value) for value in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def staging_dir(output_dir: str | os.PathLike) -> Path:
+    """The directory a run writes into before it is complete (same name on every rank)."""
+    output_dir = Path(output_dir).resolve()
+    return output_dir.with_name(f".{output_dir.name}.partial")
+
+
+def prepare_output(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Check the output directory and return a clean staging directory beside it."""
+    check_output_dir(output_dir, overwrite)
+    staging = staging_dir(output_dir)
+    state = PartialState()
+    if state.is_main_process:
+        # Left by an interrupted run of ours; its partial checkpoints must not leak into this run.
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    return staging
+
+
+def finish_run(trainer: Trainer, output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Save model (or adapter) and tokenizer, write run.json, and move the staging directory into place."""
+    output_dir = Path(output_dir).resolve()
+    staging = Path(trainer.args.output_dir)
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        for checkpoint in staging.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+        record = {**record, "versions": library_versions(), "log_history": trainer.state.log_history}
+        write_json_atomic(jsonable(record), staging / "run.json")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return output_dir

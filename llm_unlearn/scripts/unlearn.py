@@ -1,0 +1,82 @@
+"""Unlearn a forget set while keeping a retain set, with a registered method, full-parameter or LoRA."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import set_seed
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from llm_unlearn.data.arguments import DataArguments
+from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
+from llm_unlearn.models import load_model_and_tokenizer
+from llm_unlearn.run_record import describe_data, finish_run, jsonable, prepare_output
+from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
+
+
+@dataclass
+class UnlearnScriptArguments(DataArguments):
+    """Data options of an unlearning run."""
+
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output directory."})
+
+
+def main(script_args: UnlearnScriptArguments, training_args: UnlearnConfig, model_args: ModelConfig) -> Path:
+    """Run the method on the forget/retain split and save the model (or adapter) with its run.json."""
+    started = time.perf_counter()
+    output_dir = training_args.output_dir
+    training_args.output_dir = str(prepare_output(output_dir, script_args.overwrite))
+    set_seed(training_args.seed)
+    split = script_args.load_split()
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype or "float32",
+        peft_config=get_peft_config(model_args),
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
+    format_kwargs = script_args.format_kwargs()
+    trainer = UnlearnTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenize_dataset(split.forget, tokenizer, **format_kwargs),
+        retain_dataset=tokenize_dataset(split.retain, tokenizer, **format_kwargs),
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    result = trainer.train()
+    record = {
+        "recipe": "unlearn",
+        "method": trainer.method.name,
+        "method_config": jsonable(trainer.method_config),
+        "model": model_args.model_name_or_path,
+        "mode": "lora" if model_args.use_peft else "full",
+        "data": {
+            "forget": describe_data(split.forget),
+            "retain": describe_data(split.retain),
+            "holdout": describe_data(split.holdout),
+        },
+        "seed": training_args.seed,
+        "num_processes": training_args.world_size,
+        "script_args": script_args,
+        "training_args": training_args,
+        "model_args": model_args,
+        "train_metrics": result.metrics,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    return finish_run(trainer, output_dir, record)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+    """The recipe's parser: data, unlearning and model arguments, with `--config file.yaml`."""
+    dataclass_types = (UnlearnScriptArguments, UnlearnConfig, ModelConfig)
+    if subparsers is not None:
+        return subparsers.add_parser("unlearn", help=__doc__.splitlines()[0], dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,158 @@
+"""UnlearnTrainer: a `transformers.Trainer` whose training set is the forget set, paired with retain batches.
+
+The trainer is generic: each step it builds an `UnlearnStep` from the forget batch (from the usual Trainer
+dataloader, so accelerate shards it across processes) and a retain batch, and hands it to the configured
+method's loss. Retain batches come from one seeded global stream that every rank indexes by
+(step, rank): ranks draw different retain examples, and the global retain batch is the same for any number
+of processes at a fixed global batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import Trainer, TrainingArguments
+
+from llm_unlearn.methods import UnlearnStep, get_method
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Training arguments of an unlearning run: the transformers ones plus the method and its hyperparameters."""
+
+    method: str = field(
+        default="graddiff", metadata={"help": "Unlearning method, a name registered in METHODS."}
+    )
+    method_args: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Method hyperparameters, a mapping in YAML or JSON on the command line: '{\"alpha\": 1}'."
+        },
+    )
+    retain_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Retain examples per device per step; defaults to per_device_train_batch_size."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.method_args, str):
+            try:
+                self.method_args = json.loads(self.method_args)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"method_args must be a JSON mapping, got {self.method_args!r}: {error}"
+                ) from None
+        if self.method_args is not None and not isinstance(self.method_args, dict):
+            raise ValueError(f"method_args must be a mapping, got {type(self.method_args).__name__}.")
+        # Validates the name and the hyperparameters now, before any model is loaded.
+        get_method(self.method).make_config(self.method_args)
+
+
+class RetainStream:
+    """An endless, seeded sequence of retain indices (a fresh permutation each pass) shared by all ranks."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        if size == 0:
+            raise ValueError("the retain set is empty, but the method needs retain batches.")
+        self.size = size
+        self.seed = seed
+        self._orders: dict[int, list[int]] = {}
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._orders = {epoch: torch.randperm(self.size, generator=generator).tolist()}
+        return self._orders[epoch][offset]
+
+
+class UnlearnTrainer(Trainer):
+    """Trainer for unlearning: `train_dataset` is the tokenized forget set, `retain_dataset` the retain set."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: UnlearnConfig,
+        train_dataset: Dataset,
+        retain_dataset: Dataset | None = None,
+        **kwargs: Any,
+    ) -> None:
+        method = get_method(args.method)
+        self.method = method
+        self.method_config = method.make_config(args.method_args)
+        if self.method_config.uses_retain and retain_dataset is None:
+            raise ValueError(f"method {method.name!r} needs a retain set, and none was given.")
+        # The batches carry their own masks and labels; our loss reads them, the model never sees `labels`.
+        args.remove_unused_columns = False
+        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        # Losses are per-example means, so Trainer must divide by the accumulation steps itself.
+        self.loss_is_scaled_for_ga = False
+        self.retain_dataset = retain_dataset
+        self._retain_stream = (
+            RetainStream(len(retain_dataset), args.seed) if self.method_config.uses_retain else None
+        )
+        self._retain_cursor = 0
+        self._reference_model = self._make_reference() if self.method_config.needs_reference_model else None
+        self._component_logs: dict[str, list[float]] = defaultdict(list)
+
+    def _make_reference(self) -> torch.nn.Module | None:
+        # With LoRA the reference is the same model with its adapters disabled; only full-parameter training
+        # needs a frozen copy.
+        if isinstance(self.model, PeftModel):
+            return None
+        reference = copy.deepcopy(self.model).eval()
+        reference.requires_grad_(False)
+        return reference.to(self.args.device)
+
+    def _reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            if self._reference_model is not None:
+                return self._reference_model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+            model = self.accelerator.unwrap_model(self.model)
+            with model.disable_adapter():
+                return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def _next_retain_batch(self) -> dict[str, torch.Tensor]:
+        size = self.args.retain_batch_size or self.args.per_device_train_batch_size
+        start = (self._retain_cursor * self.args.world_size + self.args.process_index) * size
+        self._retain_cursor += 1
+        rows = [self.retain_dataset[self._retain_stream[position]] for position in range(start, start + size)]
+        return self._prepare_inputs(self.data_collator(rows))
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Run the method's loss on this step's forget batch and (if used) a retain batch."""
+        batches = {"forget": inputs}
+        if self.method_config.uses_retain:
+            batches["retain"] = self._next_retain_batch()
+        reference = self._reference_logits if self.method_config.needs_reference_model else None
+        step = UnlearnStep(model, batches, reference_forward=reference)
+        loss, components = self.method.loss(step, self.method_config)
+        for name, value in components.items():
+            self._component_logs[name].append(value)
+        if return_outputs:
+            return loss, {"logits": step.logits("forget")}
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss component since the last log to Trainer's logs."""
+        if self._component_logs and "loss" in logs:
+            for name, values in self._component_logs.items():
+                logs[name] = sum(values) / len(values)
+            self._component_logs.clear()
+        super().log(logs, start_time)
