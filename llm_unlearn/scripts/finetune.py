@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments, set_seed
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import TrlParser
 
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
-from llm_unlearn.models import load_model_and_tokenizer
+from llm_unlearn.models import ModelArguments, load_from_args
 from llm_unlearn.run_record import describe_data, finish_run, prepare_output
 
 TRAIN_ON = ("all", "retain")
@@ -37,7 +37,7 @@ class FinetuneScriptArguments(DataArguments):
 
 
 def main(
-    script_args: FinetuneScriptArguments, training_args: TrainingArguments, model_args: ModelConfig
+    script_args: FinetuneScriptArguments, training_args: TrainingArguments, model_args: ModelArguments
 ) -> Path:
     """Train on the selected data and save the model (or LoRA adapter) with its run.json."""
     started = time.perf_counter()
@@ -50,13 +50,7 @@ def main(
         from datasets import concatenate_datasets
 
         data = concatenate_datasets([split.forget, split.retain])
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path,
-        dtype=model_args.dtype or "float32",
-        peft_config=get_peft_config(model_args),
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-    )
+    model, tokenizer = load_from_args(model_args)
     train_dataset = tokenize_dataset(data, tokenizer, **script_args.format_kwargs())
     trainer = Trainer(
         model=model,
@@ -89,7 +83,7 @@ def main(
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
     """The recipe's parser: data, training and model arguments, with `--config file.yaml`."""
-    dataclass_types = (FinetuneScriptArguments, TrainingArguments, ModelConfig)
+    dataclass_types = (FinetuneScriptArguments, TrainingArguments, ModelArguments)
     if subparsers is not None:
         return subparsers.add_parser(
             "finetune", help=__doc__.splitlines()[0], dataclass_types=dataclass_types

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import set_seed
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import TrlParser
 
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
-from llm_unlearn.models import load_model_and_tokenizer
+from llm_unlearn.models import ModelArguments, load_from_args
 from llm_unlearn.run_record import describe_data, finish_run, jsonable, prepare_output
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
@@ -24,20 +24,16 @@ class UnlearnScriptArguments(DataArguments):
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output directory."})
 
 
-def main(script_args: UnlearnScriptArguments, training_args: UnlearnConfig, model_args: ModelConfig) -> Path:
+def main(
+    script_args: UnlearnScriptArguments, training_args: UnlearnConfig, model_args: ModelArguments
+) -> Path:
     """Run the method on the forget/retain split and save the model (or adapter) with its run.json."""
     started = time.perf_counter()
     output_dir = training_args.output_dir
     training_args.output_dir = str(prepare_output(output_dir, script_args.overwrite))
     set_seed(training_args.seed)
     split = script_args.load_split()
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path,
-        dtype=model_args.dtype or "float32",
-        peft_config=get_peft_config(model_args),
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-    )
+    model, tokenizer = load_from_args(model_args)
     format_kwargs = script_args.format_kwargs()
     trainer = UnlearnTrainer(
         model=model,
@@ -72,7 +68,7 @@ def main(script_args: UnlearnScriptArguments, training_args: UnlearnConfig, mode
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
     """The recipe's parser: data, unlearning and model arguments, with `--config file.yaml`."""
-    dataclass_types = (UnlearnScriptArguments, UnlearnConfig, ModelConfig)
+    dataclass_types = (UnlearnScriptArguments, UnlearnConfig, ModelArguments)
     if subparsers is not None:
         return subparsers.add_parser("unlearn", help=__doc__.splitlines()[0], dataclass_types=dataclass_types)
     return TrlParser(dataclass_types, prog=prog)

@@ -1,0 +1,219 @@
+"""`llm-unlearn demo`: the offline end-to-end run. Fine-tune a target model (all subjects) and a retain model
+(forget subjects left out), unlearn the forget subjects from the target, evaluate all three, print a table.
+
+Each phase is a recipe run from the YAML configs in `configs/builtin/`, so the demo is exactly what a user gets
+from `accelerate launch recipes/... --config configs/builtin/...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import TrlParser
+
+from llm_unlearn.evaluation import load_eval
+from llm_unlearn.io import check_output_dir, write_json_atomic
+from llm_unlearn.models import EMBEDDED, embedded_checkpoint
+from llm_unlearn.scripts import evaluate, finetune, unlearn
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "builtin"
+MODES = ("lora", "full")
+# The unlearned model passes when it keeps at most half the target's forget probability and stays within
+# 20% of the target's retain probability.
+MAX_FORGET_RATIO = 0.5
+MAX_RETAIN_CHANGE = 0.2
+
+
+@dataclass
+class DemoArguments:
+    """What to run the demo on; everything else comes from the recipe configs."""
+
+    model: str = field(
+        default=EMBEDDED, metadata={"help": "Base model: 'embedded', a directory or a Hub id."}
+    )
+    dataset: str | None = field(default=None, metadata={"help": "Override the configs' dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "e.g. 'num_people=6,num_holdout=2'."})
+    forget_subjects: list[str] | None = field(
+        default=None, metadata={"help": "Override the forget subjects."}
+    )
+    method: str = field(default="graddiff", metadata={"help": "Unlearning method."})
+    mode: str = field(default="lora", metadata={"help": f"Unlearning mode, one of {MODES}."})
+    output_dir: str = field(
+        default="outputs/demo", metadata={"help": "Where models, evals and demo.json go."}
+    )
+    configs_dir: str = field(default=str(REPO_CONFIGS), metadata={"help": "Directory of the recipe configs."})
+    finetune_epochs: float | None = field(default=None, metadata={"help": "Override fine-tuning epochs."})
+    unlearn_epochs: float | None = field(default=None, metadata={"help": "Override unlearning epochs."})
+    max_eval_items: int | None = field(default=None, metadata={"help": "Evaluate at most N items per split."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output directory."})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not known; use one of {MODES}.")
+
+    def config(self, name: str) -> Path:
+        path = Path(self.configs_dir) / f"{name}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"demo config {path} not found; run the demo from a clone of the repository or pass --configs_dir."
+            )
+        return path
+
+    def unlearn_config(self) -> Path:
+        """`<method>_<mode>.yaml` when shipped, else the GradDiff config with the method swapped in."""
+        specific = Path(self.configs_dir) / f"{self.method}_{self.mode}.yaml"
+        return specific if specific.is_file() else self.config(f"graddiff_{self.mode}")
+
+    def data_overrides(self) -> list[str]:
+        args = []
+        if self.dataset is not None:
+            args += ["--dataset", self.dataset]
+        if self.dataset_config is not None:
+            args += ["--dataset_config", self.dataset_config]
+        if self.forget_subjects:
+            args += ["--forget_subjects", *self.forget_subjects]
+        return args
+
+
+def run_recipe(module: Any, args: list[str]) -> Any:
+    """Parse `args` with the recipe's own parser (so configs and flags behave as on the command line) and run."""
+    return module.main(*module.make_parser().parse_args_and_config(args))
+
+
+def _timed(phases: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
+    print(f"\n== {name} ==", flush=True)
+    started = time.perf_counter()
+    result = work()
+    phases[name] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def summary_row(eval_result: dict[str, Any]) -> dict[str, float]:
+    """The table's numbers for one model: mean probability and ROUGE-L recall per split."""
+    row = {}
+    for split, values in eval_result["splits"].items():
+        for metric, aggregate in values["aggregates"].items():
+            row[f"{split}/{metric}"] = aggregate["mean"]
+    return row
+
+
+def format_table(rows: dict[str, dict[str, float]], phases: dict[str, float]) -> str:
+    """A fixed-width table, one line per model."""
+    columns = list(next(iter(rows.values())))
+    header = f"{'model':<10}" + "".join(f"{c:>26}" for c in columns)
+    lines = [header, "-" * len(header)]
+    for name, row in rows.items():
+        lines.append(f"{name:<10}" + "".join(f"{row.get(c, float('nan')):>26.4f}" for c in columns))
+    lines.append("")
+    lines.append("wall time by phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+    return "\n".join(lines)
+
+
+def check_forgetting(rows: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Compare the unlearned model with the target on forget and retain probability."""
+    target, unlearned = rows["target"], rows["unlearned"]
+    forget_ratio = unlearned["forget/probability"] / target["forget/probability"]
+    retain_change = abs(unlearned["retain/probability"] / target["retain/probability"] - 1)
+    return {
+        "forget_probability_ratio": forget_ratio,
+        "forget_passed": forget_ratio <= MAX_FORGET_RATIO,
+        "retain_probability_change": retain_change,
+        "retain_passed": retain_change <= MAX_RETAIN_CHANGE,
+    }
+
+
+def main(args: DemoArguments) -> dict[str, Any]:
+    """Run the whole demo and write `output_dir/demo.json`."""
+    started = time.perf_counter()
+    out = check_output_dir(args.output_dir, args.overwrite).resolve()
+    phases: dict[str, float] = {}
+    if args.model == EMBEDDED:
+        _timed(phases, "prepare_model", embedded_checkpoint)
+    data = args.data_overrides()
+    overwrite = ["--overwrite", "true"] if args.overwrite else []
+    finetune_epochs = ["--num_train_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []
+    unlearn_epochs = ["--num_train_epochs", str(args.unlearn_epochs)] if args.unlearn_epochs else []
+    dirs = {name: out / name for name in ("target", "retain", "unlearned")}
+    for name, train_on in (("target", "all"), ("retain", "retain")):
+        _timed(
+            phases,
+            f"finetune_{name}",
+            lambda name=name, train_on=train_on: run_recipe(
+                finetune,
+                ["--config", str(args.config("finetune")), "--model_name_or_path", args.model]
+                + [
+                    "--train_on",
+                    train_on,
+                    "--output_dir",
+                    str(dirs[name]),
+                    *data,
+                    *finetune_epochs,
+                    *overwrite,
+                ],
+            ),
+        )
+    _timed(
+        phases,
+        "unlearn",
+        lambda: run_recipe(
+            unlearn,
+            ["--config", str(args.unlearn_config()), "--model_name_or_path", str(dirs["target"])]
+            + [
+                "--method",
+                args.method,
+                "--output_dir",
+                str(dirs["unlearned"]),
+                *data,
+                *unlearn_epochs,
+                *overwrite,
+            ],
+        ),
+    )
+    max_items = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
+    rows = {}
+    for name, model_dir in dirs.items():
+        path = _timed(
+            phases,
+            f"eval_{name}",
+            lambda model_dir=model_dir: run_recipe(
+                evaluate,
+                ["--config", str(args.config("eval")), "--model_name_or_path", str(model_dir)]
+                + ["--output_dir", str(model_dir), *data, *max_items, "--overwrite", "true"],
+            ),
+        )
+        rows[name] = summary_row(load_eval(path))
+    checks = check_forgetting(rows)
+    table = format_table(rows, phases)
+    summary = {
+        "models": {name: str(path) for name, path in dirs.items()},
+        "method": args.method,
+        "mode": args.mode,
+        "table": rows,
+        "checks": checks,
+        "phases_s": phases,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+    write_json_atomic(summary, out / "demo.json")
+    print("\n" + table)
+    print(
+        f"\nforget probability: unlearned / target = {checks['forget_probability_ratio']:.3f} "
+        f"(needs <= {MAX_FORGET_RATIO}): {'PASS' if checks['forget_passed'] else 'FAIL'}"
+    )
+    print(
+        f"retain probability change vs target = {checks['retain_probability_change']:.1%} "
+        f"(needs <= {MAX_RETAIN_CHANGE:.0%}): {'PASS' if checks['retain_passed'] else 'FAIL'}"
+    )
+    print(f"total wall time {summary['wall_time_s']:.0f} s; results in {out / 'demo.json'}")
+    return summary
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+    """The demo's parser."""
+    if subparsers is not None:
+        return subparsers.add_parser("demo", help=__doc__.splitlines()[0], dataclass_types=[DemoArguments])
+    return TrlParser([DemoArguments], prog=prog)

@@ -1,0 +1,144 @@
+"""The finetune and unlearn recipes on a tiny model: outputs, run.json, LoRA behaviour, multi-process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_unlearn.scripts import finetune, unlearn
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBJECTS = ["s-a", "s-b", "s-c", "s-d"]
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory) -> str:
+    """Four subjects with four QA pairs each, as a JSONL file in the TOFU schema."""
+    rows = [
+        {
+            "question": f"What is fact {k} about person {s}?",
+            "answer": f"Person {s} has fact number {k * 7 + i}.",
+            "subject_id": s,
+        }
+        for i, s in enumerate(SUBJECTS)
+        for k in range(4)
+    ]
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def recipe_args(model: str, data: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", model, "--dataset", data, "--forget_subjects", "s-a",
+        "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no",
+        "--logging_steps", "1", "--seed", "3", "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+def run(module, args: list[str]) -> Path:
+    return module.main(*module.make_parser().parse_args_and_config(args))
+
+
+def test_finetune_full_saves_model_and_run_record(tiny_model_dir, qa_file, tmp_path):
+    out = run(
+        finetune,
+        recipe_args(tiny_model_dir, qa_file, tmp_path / "ft", "--train_on", "retain", "--max_steps", "2"),
+    )
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    record = json.loads((out / "run.json").read_text())
+    assert record["recipe"] == "finetune" and record["train_on"] == "retain" and record["mode"] == "full"
+    assert record["data"]["train"]["num_examples"] == 12
+    assert record["data"]["forget_excluded"]["subject_ids"] == ["s-a"]
+    assert len(record["data"]["train"]["fingerprint"]) == 64
+    assert {"torch", "transformers", "peft", "python"} <= set(record["versions"])
+    assert record["wall_time_s"] > 0
+    # The record carries no training text, only counts and fingerprints.
+    assert "fact number" not in (out / "run.json").read_text()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_output_dir_is_never_overwritten_without_flag(tiny_model_dir, qa_file, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not empty; pass --overwrite"):
+        run(unlearn, recipe_args(tiny_model_dir, qa_file, out, "--max_steps", "1"))
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_unlearn_lora_trains_only_the_adapter_and_raises_forget_loss(tiny_model_dir, qa_file, tmp_path):
+    args = recipe_args(
+        tiny_model_dir, qa_file, tmp_path / "ul", "--use_peft", "true", "--lora_r", "4",
+        "--lora_target_modules", "q_proj", "v_proj", "--method", "grad_ascent",
+        "--learning_rate", "0.05", "--max_steps", "4", "--per_device_train_batch_size", "4",
+    )  # fmt: skip
+    out = run(unlearn, args)
+    record = json.loads((out / "run.json").read_text())
+    assert record["method"] == "grad_ascent" and record["mode"] == "lora"
+    assert record["data"]["forget"]["subject_ids"] == ["s-a"]
+    assert record["data"]["retain"]["num_examples"] == 12
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all("lora_" in key for key in adapter)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir
+    nll = [entry["forget_nll"] for entry in record["log_history"] if "forget_nll" in entry]
+    assert len(nll) == 4 and nll[-1] > nll[0]
+    base_before = load_file(Path(tiny_model_dir) / "model.safetensors")
+    from llm_unlearn.models import load_model_and_tokenizer
+
+    unlearned, _ = load_model_and_tokenizer(str(out))
+    changed = [
+        k
+        for k, v in unlearned.state_dict().items()
+        if k in base_before and not torch.equal(v, base_before[k])
+    ]
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+
+
+def test_method_args_errors_are_clear(tiny_model_dir, qa_file, tmp_path):
+    with pytest.raises(ValueError, match=r"does not take \['beta'\]"):
+        run(unlearn, recipe_args(tiny_model_dir, qa_file, tmp_path / "x", "--method_args", '{"beta": 1}'))
+    with pytest.raises(ValueError, match="unknown unlearning method 'nope'"):
+        run(unlearn, recipe_args(tiny_model_dir, qa_file, tmp_path / "x", "--method", "nope"))
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one_process_at_same_global_batch(tiny_model_dir, qa_file, tmp_path):
+    """GradDiff with retain batches: 2 ranks x batch 2 must give the weights of 1 rank x batch 4."""
+    common = [
+        "--method", "graddiff", "--learning_rate", "0.05", "--optim", "sgd", "--max_steps", "3",
+        "--lr_scheduler_type", "constant",
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "recipes" / "unlearn.py")
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    subprocess.run(
+        [sys.executable, script, *recipe_args(tiny_model_dir, qa_file, one, *common, "--per_device_train_batch_size", "4")],
+        check=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", script,
+         *recipe_args(tiny_model_dir, qa_file, two, *common, "--per_device_train_batch_size", "2")],
+        check=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert json.loads((two / "run.json").read_text())["num_processes"] == 2
+    start, w1, w2 = (
+        load_file(Path(tiny_model_dir) / "model.safetensors"),
+        _final_weights(one),
+        _final_weights(two),
+    )
+    assert any(not torch.equal(start[k], w1[k]) for k in w1), "training changed nothing"
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], atol=1e-6, rtol=1e-5, msg=key)
