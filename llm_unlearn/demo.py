@@ -27,6 +27,7 @@ MODES = ("lora", "full")
 # 20% of the target's retain probability.
 MAX_FORGET_RATIO = 0.5
 MAX_RETAIN_CHANGE = 0.2
+SHORT_METRIC_NAMES = {"probability": "prob", "rouge_l_recall": "ROUGE-L"}
 
 
 @dataclass
@@ -102,13 +103,18 @@ def summary_row(eval_result: dict[str, Any]) -> dict[str, float]:
     return row
 
 
+def _short(column: str) -> str:
+    split, metric = column.split("/")
+    return f"{split} {SHORT_METRIC_NAMES.get(metric, metric)}"
+
+
 def format_table(rows: dict[str, dict[str, float]], phases: dict[str, float]) -> str:
     """A fixed-width table, one line per model."""
     columns = list(next(iter(rows.values())))
-    header = f"{'model':<10}" + "".join(f"{c:>26}" for c in columns)
+    header = f"{'model':<10}" + "".join(f"{_short(c):>15}" for c in columns)
     lines = [header, "-" * len(header)]
     for name, row in rows.items():
-        lines.append(f"{name:<10}" + "".join(f"{row.get(c, float('nan')):>26.4f}" for c in columns))
+        lines.append(f"{name:<10}" + "".join(f"{row.get(c, float('nan')):>15.4f}" for c in columns))
     lines.append("")
     lines.append("wall time by phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     return "\n".join(lines)
@@ -136,56 +142,26 @@ def main(args: DemoArguments) -> dict[str, Any]:
         _timed(phases, "prepare_model", embedded_checkpoint)
     data = args.data_overrides()
     overwrite = ["--overwrite", "true"] if args.overwrite else []
-    finetune_epochs = ["--num_train_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []
-    unlearn_epochs = ["--num_train_epochs", str(args.unlearn_epochs)] if args.unlearn_epochs else []
     dirs = {name: out / name for name in ("target", "retain", "unlearned")}
+
+    def recipe(phase: str, module: Any, config: Path, *flags: str) -> Any:
+        return _timed(phases, phase, lambda: run_recipe(module, ["--config", str(config), *flags, *data]))
+
+    finetune_flags = ["--model_name_or_path", args.model, *overwrite]
+    if args.finetune_epochs:
+        finetune_flags += ["--num_train_epochs", str(args.finetune_epochs)]
     for name, train_on in (("target", "all"), ("retain", "retain")):
-        _timed(
-            phases,
-            f"finetune_{name}",
-            lambda name=name, train_on=train_on: run_recipe(
-                finetune,
-                ["--config", str(args.config("finetune")), "--model_name_or_path", args.model]
-                + [
-                    "--train_on",
-                    train_on,
-                    "--output_dir",
-                    str(dirs[name]),
-                    *data,
-                    *finetune_epochs,
-                    *overwrite,
-                ],
-            ),
-        )
-    _timed(
-        phases,
-        "unlearn",
-        lambda: run_recipe(
-            unlearn,
-            ["--config", str(args.unlearn_config()), "--model_name_or_path", str(dirs["target"])]
-            + [
-                "--method",
-                args.method,
-                "--output_dir",
-                str(dirs["unlearned"]),
-                *data,
-                *unlearn_epochs,
-                *overwrite,
-            ],
-        ),
-    )
-    max_items = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
+        recipe(f"finetune_{name}", finetune, args.config("finetune"), "--train_on", train_on,
+               "--output_dir", str(dirs[name]), *finetune_flags)  # fmt: skip
+    unlearn_flags = ["--method", args.method, "--model_name_or_path", str(dirs["target"]), *overwrite]
+    if args.unlearn_epochs:
+        unlearn_flags += ["--num_train_epochs", str(args.unlearn_epochs)]
+    recipe("unlearn", unlearn, args.unlearn_config(), "--output_dir", str(dirs["unlearned"]), *unlearn_flags)
+    eval_flags = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
     rows = {}
     for name, model_dir in dirs.items():
-        path = _timed(
-            phases,
-            f"eval_{name}",
-            lambda model_dir=model_dir: run_recipe(
-                evaluate,
-                ["--config", str(args.config("eval")), "--model_name_or_path", str(model_dir)]
-                + ["--output_dir", str(model_dir), *data, *max_items, "--overwrite", "true"],
-            ),
-        )
+        path = recipe(f"eval_{name}", evaluate, args.config("eval"), "--model_name_or_path", str(model_dir),
+                      "--output_dir", str(model_dir), "--overwrite", "true", *eval_flags)  # fmt: skip
         rows[name] = summary_row(load_eval(path))
     checks = check_forgetting(rows)
     table = format_table(rows, phases)

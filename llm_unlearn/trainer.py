@@ -74,6 +74,35 @@ class RetainStream:
         return self._orders[epoch][offset]
 
 
+def retain_positions(step: int, world_size: int, rank: int, batch_size: int) -> range:
+    """Positions in the retain stream that `rank` reads at micro-step `step`: the global retain batch of a step
+    is the same slice of the stream for any number of processes, and ranks read disjoint parts of it."""
+    start = (step * world_size + rank) * batch_size
+    return range(start, start + batch_size)
+
+
+def frozen_reference(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module | None:
+    """A frozen copy of `model` for per-step reference outputs; None for a PEFT model, whose reference is
+    itself with the adapters disabled (no second copy in memory)."""
+    if isinstance(model, PeftModel):
+        return None
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference.to(device)
+
+
+def reference_logits(
+    model: torch.nn.Module, frozen: torch.nn.Module | None, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Reference-model logits on `batch`, from `frozen` or from `model` with its adapters disabled."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        if frozen is not None:
+            return frozen(**inputs).logits
+        with model.disable_adapter():
+            return model(**inputs).logits
+
+
 class UnlearnTrainer(Trainer):
     """Trainer for unlearning: `train_dataset` is the tokenized forget set, `retain_dataset` the retain set."""
 
@@ -100,33 +129,21 @@ class UnlearnTrainer(Trainer):
             RetainStream(len(retain_dataset), args.seed) if self.method_config.uses_retain else None
         )
         self._retain_cursor = 0
-        self._reference_model = self._make_reference() if self.method_config.needs_reference_model else None
+        self._reference_model = (
+            frozen_reference(self.model, self.args.device)
+            if self.method_config.needs_reference_model
+            else None
+        )
         self._component_logs: dict[str, list[float]] = defaultdict(list)
 
-    def _make_reference(self) -> torch.nn.Module | None:
-        # With LoRA the reference is the same model with its adapters disabled; only full-parameter training
-        # needs a frozen copy.
-        if isinstance(self.model, PeftModel):
-            return None
-        reference = copy.deepcopy(self.model).eval()
-        reference.requires_grad_(False)
-        return reference.to(self.args.device)
-
     def _reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            if self._reference_model is not None:
-                return self._reference_model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-            model = self.accelerator.unwrap_model(self.model)
-            with model.disable_adapter():
-                return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return reference_logits(self.accelerator.unwrap_model(self.model), self._reference_model, batch)
 
     def _next_retain_batch(self) -> dict[str, torch.Tensor]:
         size = self.args.retain_batch_size or self.args.per_device_train_batch_size
-        start = (self._retain_cursor * self.args.world_size + self.args.process_index) * size
+        positions = retain_positions(self._retain_cursor, self.args.world_size, self.args.process_index, size)
         self._retain_cursor += 1
-        rows = [self.retain_dataset[self._retain_stream[position]] for position in range(start, start + size)]
+        rows = [self.retain_dataset[self._retain_stream[position]] for position in positions]
         return self._prepare_inputs(self.data_collator(rows))
 
     def compute_loss(

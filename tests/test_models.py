@@ -56,12 +56,12 @@ def test_embedded_without_package_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_bad_dtype_lists_accepted_values(tiny_model_dir):
-    with pytest.raises(ModelLoadError, match="dtype='int3'.*bfloat16"):
+    with pytest.raises(ModelLoadError, match=r"dtype='int3'.*bfloat16"):
         load_model_and_tokenizer(tiny_model_dir, dtype="int3")
 
 
 def test_adapter_directory_loads_onto_its_base_and_merges(tiny_model_dir, tmp_path):
-    base, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    base, _ = load_model_and_tokenizer(tiny_model_dir)
     peft_model = get_peft_model(
         base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )

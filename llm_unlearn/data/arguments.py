@@ -61,9 +61,13 @@ class DataArguments:
             holdout_data=holdout_data,
         )
 
-    @staticmethod
-    def _load_optional(source: str | None, config: str | None, split: str) -> Dataset | None:
-        return None if source is None else load_records(source, config=config, split=split)
+    def _load_optional(self, source: str | None, config: str | None, split: str) -> Dataset | None:
+        if source is None:
+            return None
+        # Another split of the same dataset (e.g. builtin's holdout) shares its config unless given one.
+        if config is None and source == self.dataset:
+            config = self.dataset_config
+        return load_records(source, config=config, split=split)
 
     def format_kwargs(self) -> dict:
         """Keyword arguments for `tokenize_dataset` / `EvalConfig` that fix how prompts are rendered."""

@@ -1,0 +1,72 @@
+"""Every shipped recipe config parses with its recipe's parser, and the demo's checks and table are right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_unlearn import demo
+from llm_unlearn.scripts import evaluate, finetune, unlearn
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe_for(path: Path):
+    if path.stem.startswith("finetune"):
+        return finetune
+    if path.stem.startswith("eval"):
+        return evaluate
+    return unlearn
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "builtin").glob("*.yaml")), ids=lambda p: p.name)
+def test_builtin_configs_parse_and_select_data(path, tmp_path):
+    module = recipe_for(path)
+    extra = ["--model_name_or_path", "embedded"] if module is evaluate else []
+    parsed = module.make_parser().parse_args_and_config(
+        ["--config", str(path), "--output_dir", str(tmp_path), *extra]
+    )
+    data_args = parsed[0]
+    split = data_args.load_split()
+    assert len(split.forget) == 16 and len(split.retain) == 64 and len(split.holdout) == 32
+    if module is unlearn:
+        assert parsed[1].method in path.stem.replace("_lora", "").replace("_full", "")
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_are_yaml_mappings(path):
+    config = yaml.safe_load(path.read_text())
+    assert config["distributed_type"] in {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"}
+    assert isinstance(config["num_processes"], int)
+
+
+def test_demo_has_a_config_for_each_mode():
+    for mode in demo.MODES:
+        assert demo.DemoArguments(mode=mode).unlearn_config().is_file()
+    with pytest.raises(ValueError, match="mode='half' is not known"):
+        demo.DemoArguments(mode="half")
+
+
+def test_forgetting_checks_use_ratios_to_the_target():
+    rows = {
+        "target": {"forget/probability": 0.8, "retain/probability": 0.5},
+        "unlearned": {"forget/probability": 0.4, "retain/probability": 0.41},
+    }
+    checks = demo.check_forgetting(rows)
+    assert checks["forget_probability_ratio"] == pytest.approx(0.5) and checks["forget_passed"]
+    assert checks["retain_probability_change"] == pytest.approx(0.18) and checks["retain_passed"]
+    rows["unlearned"] = {"forget/probability": 0.41, "retain/probability": 0.39}
+    checks = demo.check_forgetting(rows)
+    assert not checks["forget_passed"] and not checks["retain_passed"]
+
+
+def test_table_has_a_row_per_model_and_phase_times():
+    rows = {"target": {"forget/probability": 0.7, "retain/rouge_l_recall": 0.5}, "unlearned": {}}
+    table = demo.format_table(rows, {"unlearn": 12.34})
+    lines = table.splitlines()
+    assert "forget prob" in lines[0] and "retain ROUGE-L" in lines[0]
+    assert lines[2].split() == ["target", "0.7000", "0.5000"]
+    assert lines[3].split() == ["unlearned", "nan", "nan"]
+    assert "unlearn 12.3" in table

@@ -1,0 +1,85 @@
+"""UnlearnTrainer internals: references without waste, the retain stream, loss-component logging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+
+from llm_unlearn.data.formatting import PaddingCollator, encode_qa
+from llm_unlearn.trainer import (
+    RetainStream,
+    UnlearnConfig,
+    UnlearnTrainer,
+    frozen_reference,
+    retain_positions,
+)
+
+
+def tokenized(tokenizer, n: int, tag: str) -> Dataset:
+    return Dataset.from_list(
+        [encode_qa(tokenizer, f"Question {tag}{i}?", f"Answer {tag}{i}.") for i in range(n)]
+    )
+
+
+def make_trainer(model, tokenizer, tmp_path, **config) -> UnlearnTrainer:
+    args = UnlearnConfig(
+        output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, max_steps=2,
+        learning_rate=1e-2, logging_steps=1, save_strategy="no", disable_tqdm=True, **config,
+    )  # fmt: skip
+    return UnlearnTrainer(
+        model=model, args=args, train_dataset=tokenized(tokenizer, 4, "f"),
+        retain_dataset=tokenized(tokenizer, 6, "r"), data_collator=PaddingCollator(tokenizer.pad_token_id),
+    )  # fmt: skip
+
+
+def test_retain_stream_is_a_fresh_permutation_each_pass_and_seeded():
+    stream = RetainStream(5, seed=7)
+    first, second = [stream[i] for i in range(5)], [stream[i] for i in range(5, 10)]
+    assert sorted(first) == sorted(second) == list(range(5))
+    assert [RetainStream(5, seed=7)[i] for i in range(10)] == first + second
+    with pytest.raises(ValueError, match="retain set is empty"):
+        RetainStream(0, seed=0)
+
+
+def test_ranks_read_disjoint_slices_that_tile_the_one_process_batch():
+    one = [list(retain_positions(step, 1, 0, 4)) for step in range(3)]
+    two = [[*retain_positions(step, 2, 0, 2), *retain_positions(step, 2, 1, 2)] for step in range(3)]
+    assert one == two == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert not set(retain_positions(5, 2, 0, 2)) & set(retain_positions(5, 2, 1, 2))
+
+
+def test_lora_kl_reference_is_the_model_with_adapters_off(tiny_model, tiny_tokenizer, tmp_path):
+    model = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = make_trainer(
+        model, tiny_tokenizer, tmp_path, method="graddiff", method_args={"retain_loss": "kl"}
+    )
+    assert trainer._reference_model is None
+    trainer.train()
+    kl = [entry["retain_kl"] for entry in trainer.state.log_history if "retain_kl" in entry]
+    # LoRA starts as the identity, so the first step's KL to the adapter-free model is exactly zero.
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[1] > 0
+
+
+def test_full_parameter_kl_keeps_one_frozen_copy_and_no_copy_for_nll(tiny_model, tiny_tokenizer, tmp_path):
+    assert make_trainer(tiny_model, tiny_tokenizer, tmp_path, method="graddiff")._reference_model is None
+    trainer = make_trainer(
+        tiny_model, tiny_tokenizer, tmp_path, method="graddiff", method_args={"retain_loss": "kl"}
+    )
+    reference = trainer._reference_model
+    assert reference is not None and not any(p.requires_grad for p in reference.parameters())
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
+    assert (
+        frozen_reference(get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"])), "cpu")
+        is None
+    )
+
+
+def test_method_args_from_the_command_line_are_json(tmp_path):
+    config = UnlearnConfig(output_dir=str(tmp_path), method="graddiff", method_args='{"alpha": 2.5}')
+    assert config.method_args == {"alpha": 2.5}
+    with pytest.raises(ValueError, match="method_args must be a JSON mapping"):
+        UnlearnConfig(output_dir=str(tmp_path), method_args="{alpha: 2")
