@@ -111,10 +111,12 @@ def _short(column: str) -> str:
 def format_table(rows: dict[str, dict[str, float]], phases: dict[str, float]) -> str:
     """A fixed-width table, one line per model."""
     columns = list(next(iter(rows.values())))
-    header = f"{'model':<10}" + "".join(f"{_short(c):>15}" for c in columns)
+    widths = [max(len(_short(c)), 7) + 2 for c in columns]
+    header = f"{'model':<10}" + "".join(f"{_short(c):>{w}}" for c, w in zip(columns, widths, strict=True))
     lines = [header, "-" * len(header)]
     for name, row in rows.items():
-        lines.append(f"{name:<10}" + "".join(f"{row.get(c, float('nan')):>15.4f}" for c in columns))
+        cells = (f"{row.get(c, float('nan')):>{w}.4f}" for c, w in zip(columns, widths, strict=True))
+        lines.append(f"{name:<10}" + "".join(cells))
     lines.append("")
     lines.append("wall time by phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     return "\n".join(lines)

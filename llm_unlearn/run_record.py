@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,18 @@ def prepare_output(output_dir: str | os.PathLike, overwrite: bool) -> Path:
     return staging
 
 
-def finish_run(trainer: Trainer, output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Save model (or adapter) and tokenizer, write run.json, and move the staging directory into place."""
+def finish_run(
+    trainer: Trainer,
+    output_dir: str | os.PathLike,
+    record: dict[str, Any],
+    *,
+    script_args: Any,
+    model_args: Any,
+    train_output: Any,
+    started: float,
+) -> Path:
+    """Save model (or adapter) and tokenizer, write run.json (the recipe's `record` plus what every run
+    records), and move the staging directory into place."""
     output_dir = Path(output_dir).resolve()
     staging = Path(trainer.args.output_dir)
     trainer.save_model(str(staging))
@@ -81,7 +92,20 @@ def finish_run(trainer: Trainer, output_dir: str | os.PathLike, record: dict[str
     if trainer.accelerator.is_main_process:
         for checkpoint in staging.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
-        record = {**record, "versions": library_versions(), "log_history": trainer.state.log_history}
+        record = {
+            **record,
+            "model": model_args.model_name_or_path,
+            "mode": "lora" if model_args.use_peft else "full",
+            "seed": trainer.args.seed,
+            "num_processes": trainer.args.world_size,
+            "script_args": script_args,
+            "training_args": trainer.args,
+            "model_args": model_args,
+            "train_metrics": train_output.metrics,
+            "wall_time_s": time.perf_counter() - started,
+            "versions": library_versions(),
+            "log_history": trainer.state.log_history,
+        }
         write_json_atomic(jsonable(record), staging / "run.json")
         if output_dir.exists():
             shutil.rmtree(output_dir)

@@ -48,22 +48,16 @@ def main(
         "recipe": "unlearn",
         "method": trainer.method.name,
         "method_config": jsonable(trainer.method_config),
-        "model": model_args.model_name_or_path,
-        "mode": "lora" if model_args.use_peft else "full",
         "data": {
             "forget": describe_data(split.forget),
             "retain": describe_data(split.retain),
             "holdout": describe_data(split.holdout),
         },
-        "seed": training_args.seed,
-        "num_processes": training_args.world_size,
-        "script_args": script_args,
-        "training_args": training_args,
-        "model_args": model_args,
-        "train_metrics": result.metrics,
-        "wall_time_s": time.perf_counter() - started,
     }
-    return finish_run(trainer, output_dir, record)
+    return finish_run(
+        trainer, output_dir, record, script_args=script_args, model_args=model_args, train_output=result,
+        started=started,
+    )  # fmt: skip
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
