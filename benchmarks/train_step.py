@@ -31,7 +31,7 @@ def measure(case: str, mode: str, steps: int, batch_size: int) -> dict[str, floa
     from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
     from llm_unlearn.methods import UnlearnStep, get_method
     from llm_unlearn.models import load_model_and_tokenizer
-    from llm_unlearn.trainer import frozen_reference, reference_logits
+    from llm_unlearn.trainer import frozen_reference, reference_model
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,8 +54,8 @@ def measure(case: str, mode: str, steps: int, batch_size: int) -> dict[str, floa
     if case == "graddiff_kl":
         frozen = frozen_reference(model, device)
 
-        def reference(batch):
-            return reference_logits(model, frozen, batch)
+        def reference():
+            return reference_model(model, frozen)
 
     def step() -> None:
         if case == "finetune":
@@ -64,7 +64,7 @@ def measure(case: str, mode: str, steps: int, batch_size: int) -> dict[str, floa
             method = get_method("grad_ascent" if case == "grad_ascent" else "graddiff")
             config = method.make_config({"retain_loss": "kl"} if case == "graddiff_kl" else None)
             batches = {"forget": forget, "retain": retain}
-            loss, _ = method.loss(UnlearnStep(model, batches, reference_forward=reference), config)
+            loss, _ = method.loss(UnlearnStep(model, batches, reference=reference), config)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -9,9 +9,12 @@ of processes at a fixed global batch size.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,16 +94,15 @@ def frozen_reference(model: torch.nn.Module, device: torch.device | str) -> torc
     return reference.to(device)
 
 
-def reference_logits(
-    model: torch.nn.Module, frozen: torch.nn.Module | None, batch: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """Reference-model logits on `batch`, from `frozen` or from `model` with its adapters disabled."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+@contextlib.contextmanager
+def reference_model(model: torch.nn.Module, frozen: torch.nn.Module | None) -> Iterator[torch.nn.Module]:
+    """Yield the reference model under no_grad: `frozen`, or `model` with its adapters disabled."""
     with torch.no_grad():
         if frozen is not None:
-            return frozen(**inputs).logits
-        with model.disable_adapter():
-            return model(**inputs).logits
+            yield frozen
+        else:
+            with model.disable_adapter():
+                yield model
 
 
 class UnlearnTrainer(Trainer):
@@ -121,6 +123,7 @@ class UnlearnTrainer(Trainer):
             raise ValueError(f"method {method.name!r} needs a retain set, and none was given.")
         # The batches carry their own masks and labels; our loss reads them, the model never sees `labels`.
         args.remove_unused_columns = False
+        self.method_config.configure_model(model)
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         # Losses are per-example means, so Trainer must divide by the accumulation steps itself.
         self.loss_is_scaled_for_ga = False
@@ -136,8 +139,8 @@ class UnlearnTrainer(Trainer):
         )
         self._component_logs: dict[str, list[float]] = defaultdict(list)
 
-    def _reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return reference_logits(self.accelerator.unwrap_model(self.model), self._reference_model, batch)
+    def _reference(self) -> AbstractContextManager[torch.nn.Module]:
+        return reference_model(self.accelerator.unwrap_model(self.model), self._reference_model)
 
     def _next_retain_batch(self) -> dict[str, torch.Tensor]:
         size = self.args.retain_batch_size or self.args.per_device_train_batch_size
@@ -157,8 +160,8 @@ class UnlearnTrainer(Trainer):
         batches = {"forget": inputs}
         if self.method_config.uses_retain:
             batches["retain"] = self._next_retain_batch()
-        reference = self._reference_logits if self.method_config.needs_reference_model else None
-        step = UnlearnStep(model, batches, reference_forward=reference)
+        reference = self._reference if self.method_config.needs_reference_model else None
+        step = UnlearnStep(model, batches, reference=reference)
         loss, components = self.method.loss(step, self.method_config)
         for name, value in components.items():
             self._component_logs[name].append(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -103,14 +104,15 @@ def test_grad_diff_kl_uses_reference_and_matches_hand_kl(tiny_tokenizer):
     model, reference = build_tiny_llama(tiny_tokenizer, seed=1), build_tiny_llama(tiny_tokenizer, seed=2)
     forget, retain = make_batch(tiny_tokenizer, FORGET), make_batch(tiny_tokenizer, RETAIN)
 
-    def reference_forward(batch):
+    @contextlib.contextmanager
+    def reference_context():
         with torch.no_grad():
-            return reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            yield reference
 
     method = get_method("graddiff")
     config = method.make_config({"retain_loss": "kl"})
     assert config.needs_reference_model
-    step = UnlearnStep(model, {"forget": forget, "retain": retain}, reference_forward=reference_forward)
+    step = UnlearnStep(model, {"forget": forget, "retain": retain}, reference=reference_context)
     loss, logs = method.loss(step, config)
     kl = sum(hand_kl(reference, model, retain)) / 2
     assert logs["retain_kl"] == pytest.approx(kl, rel=1e-4)

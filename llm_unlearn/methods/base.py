@@ -7,6 +7,7 @@ nothing else, so the trainer stays generic and a method pays only for what its d
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -29,19 +30,26 @@ class MethodConfig:
         """Whether the loss needs per-step outputs of the frozen reference model."""
         return False
 
+    def configure_model(self, model: torch.nn.Module) -> None:
+        """Adjust the model before training (e.g. choose which parameters train); most methods need nothing."""
+
 
 class UnlearnStep:
-    """Lazily computed, cached model outputs for one step's forget and retain batches."""
+    """Lazily computed, cached model outputs for one step's forget and retain batches.
+
+    `reference()` is a context manager that yields the frozen reference model under `torch.no_grad()` (in
+    LoRA mode, the trained model with its adapters disabled).
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
         batches: dict[str, dict[str, torch.Tensor]],
-        reference_forward: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+        reference: Callable[[], AbstractContextManager[torch.nn.Module]] | None = None,
     ) -> None:
         self.model = model
         self.batches = batches
-        self._reference_forward = reference_forward
+        self.reference = reference
         self._logits: dict[str, torch.Tensor] = {}
         self._reference_logits: dict[str, torch.Tensor] = {}
 
@@ -63,12 +71,15 @@ class UnlearnStep:
 
     def reference_logits(self, split: str) -> torch.Tensor:
         """Logits of the frozen reference model on `split` (no gradient)."""
-        if self._reference_forward is None:
+        if self.reference is None:
             raise RuntimeError(
                 "this method asked for reference outputs but the trainer has no reference model."
             )
         if split not in self._reference_logits:
-            self._reference_logits[split] = self._reference_forward(self.batch(split))
+            batch = self.batch(split)
+            with self.reference() as reference:
+                outputs = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            self._reference_logits[split] = outputs.logits
         return self._reference_logits[split]
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from llm_unlearn.methods.base import UnlearnStep
+from llm_unlearn.methods.base import MethodConfig, UnlearnStep
 from llm_unlearn.methods.logprobs import sequence_kl, sequence_nll
 
 
@@ -28,3 +29,35 @@ def check_retain_loss(name: str) -> str:
     if name not in RETAIN_LOSSES:
         raise ValueError(f"retain_loss={name!r} is not known; use one of {sorted(RETAIN_LOSSES)}.")
     return name
+
+
+@dataclass
+class ForgetRetainConfig(MethodConfig):
+    """The combination L = gamma * L_f + alpha * L_r shared by most methods; alpha = 0 drops the retain term."""
+
+    gamma: float = 1.0
+    alpha: float = 1.0
+    retain_loss: str = "nll"
+
+    def __post_init__(self) -> None:
+        check_retain_loss(self.retain_loss)
+
+    @property
+    def uses_retain(self) -> bool:
+        return self.alpha != 0
+
+    @property
+    def needs_reference_model(self) -> bool:
+        return self.uses_retain and self.retain_loss == "kl"
+
+
+def combine_with_retain(
+    step: UnlearnStep, config: ForgetRetainConfig, forget_loss: torch.Tensor, logs: dict[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return gamma * forget_loss + alpha * L_r (the retain term only when alpha != 0), with its log entry."""
+    loss = config.gamma * forget_loss
+    if config.uses_retain:
+        retain_loss = RETAIN_LOSSES[config.retain_loss](step)
+        loss = loss + config.alpha * retain_loss
+        logs = {**logs, f"retain_{config.retain_loss}": retain_loss.item()}
+    return loss, logs
