@@ -23,7 +23,9 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import Trainer, TrainingArguments
 
+from llm_unlearn.data.formatting import VIEW_SEPARATOR, view_column
 from llm_unlearn.methods import UnlearnStep, get_method
+from llm_unlearn.methods.logprobs import sequence_logprob
 
 
 @dataclass
@@ -59,6 +61,9 @@ class UnlearnConfig(TrainingArguments):
         get_method(self.method).make_config(self.method_args)
 
 
+REFERENCE_LOGPROB = "ref_seq_logprob"
+
+
 class RetainStream:
     """An endless, seeded sequence of retain indices (a fresh permutation each pass) shared by all ranks."""
 
@@ -75,6 +80,15 @@ class RetainStream:
             generator = torch.Generator().manual_seed(self.seed + epoch)
             self._orders = {epoch: torch.randperm(self.size, generator=generator).tolist()}
         return self._orders[epoch][offset]
+
+
+def split_views(inputs: dict[str, torch.Tensor], name: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a collated batch into its views: plain keys go to `name`, `<view>__key` to `<name>_<view>`."""
+    batches: dict[str, dict[str, torch.Tensor]] = {name: {}}
+    for key, value in inputs.items():
+        view, _, field_name = key.rpartition(VIEW_SEPARATOR)
+        batches.setdefault(f"{name}_{view}" if view else name, {})[field_name] = value
+    return batches
 
 
 def retain_positions(step: int, world_size: int, rank: int, batch_size: int) -> range:
@@ -132,12 +146,42 @@ class UnlearnTrainer(Trainer):
             RetainStream(len(retain_dataset), args.seed) if self.method_config.uses_retain else None
         )
         self._retain_cursor = 0
+        if self.method_config.cached_reference_views:
+            self.train_dataset = self._with_reference_logprobs(self.train_dataset)
         self._reference_model = (
             frozen_reference(self.model, self.args.device)
             if self.method_config.needs_reference_model
             else None
         )
         self._component_logs: dict[str, list[float]] = defaultdict(list)
+
+    def _with_reference_logprobs(self, dataset: Dataset) -> Dataset:
+        """Add `<view>__ref_seq_logprob` columns: the reference model's sequence log-prob of each forget
+        example, computed once here instead of by a reference forward pass every step."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        batch_size = self.args.per_device_eval_batch_size
+        values: dict[str, list[float]] = {view: [] for view in self.method_config.cached_reference_views}
+        # Before training the model is its own reference (LoRA adapters are disabled to be exact).
+        frozen = None if isinstance(model, PeftModel) else model
+        with reference_model(model, frozen) as reference:
+            for start in range(0, len(dataset), batch_size):
+                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                batch = self._prepare_inputs(self.data_collator(rows))
+                for view in values:
+                    inputs = {
+                        name: batch[view_column(view, name)]
+                        for name in ("input_ids", "attention_mask", "labels")
+                    }
+                    logits = reference(
+                        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                    ).logits
+                    values[view].extend(sequence_logprob(logits, inputs["labels"]).float().tolist())
+        model.train(was_training)
+        for view, column in values.items():
+            dataset = dataset.add_column(view_column(view, REFERENCE_LOGPROB), column)
+        return dataset
 
     def _reference(self) -> AbstractContextManager[torch.nn.Module]:
         return reference_model(self.accelerator.unwrap_model(self.model), self._reference_model)
@@ -157,7 +201,7 @@ class UnlearnTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Run the method's loss on this step's forget batch and (if used) a retain batch."""
-        batches = {"forget": inputs}
+        batches = split_views(inputs, "forget")
         if self.method_config.uses_retain:
             batches["retain"] = self._next_retain_batch()
         reference = self._reference if self.method_config.needs_reference_model else None

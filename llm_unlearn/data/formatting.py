@@ -7,12 +7,12 @@ get label -100: the loss is on answer tokens only. A raw text is trained on ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
@@ -20,6 +20,8 @@ PROMPT_TEMPLATES = ("auto", "chat", "plain")
 # Llama-3 chat templates print today's date unless given one; a fixed date keeps results reproducible.
 PINNED_DATE = "26 Jul 2024"
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
+VIEW_SEPARATOR = "__"
+VIEW_ANSWER = "__view_answer"
 
 
 def _resolve_template(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
@@ -154,17 +156,53 @@ def tokenize_dataset(
     return dataset.map(encode, remove_columns=columns, desc="Tokenizing", load_from_cache_file=False)
 
 
+def tokenize_views(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    views: Mapping[str, Callable[[dict[str, Any]], str]],
+    **format_kwargs: Any,
+) -> Dataset:
+    """Tokenize a QA dataset as in `tokenize_dataset`, plus one extra answer per example for each named view
+    (e.g. DPO's preferred answer), stored as `<view>__input_ids` / `<view>__labels` columns."""
+    tokenized = tokenize_dataset(dataset, tokenizer, **format_kwargs)
+    for view, answer_of in views.items():
+        answers = dataset.add_column(VIEW_ANSWER, [answer_of(row) for row in dataset])
+        extra = tokenize_dataset(answers, tokenizer, answer_field=VIEW_ANSWER, **format_kwargs)
+        extra = extra.rename_columns({name: view_column(view, name) for name in extra.column_names})
+        tokenized = concatenate_datasets([tokenized, extra], axis=1)
+    return tokenized
+
+
+def view_column(view: str, name: str) -> str:
+    """The column holding `name` (e.g. input_ids) of a view; the main view uses the plain name."""
+    return f"{view}{VIEW_SEPARATOR}{name}" if view else name
+
+
 @dataclass
 class PaddingCollator:
     """Right-pad `input_ids` (with the pad id) and `labels` (with -100); the attention mask comes from the true
     lengths, never from comparing tokens with the pad id (which hides real end-of-turn tokens when the pad token
-    is the end-of-turn token, as in SmolLM2)."""
+    is the end-of-turn token, as in SmolLM2).
+
+    Each extra view (`<view>__input_ids`, `<view>__labels`) is padded on its own and gets its own
+    `<view>__attention_mask`; any other field (e.g. a cached reference log-prob) is stacked as a tensor.
+    """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        lengths = [len(f["input_ids"]) for f in features]
+        views = [key[: -len("input_ids")] for key in features[0] if key.endswith("input_ids")]
+        batch: dict[str, torch.Tensor] = {}
+        for prefix in views:
+            batch.update(self._pad(features, prefix))
+        for key in features[0]:
+            if key not in batch and not key.endswith(("input_ids", "labels")):
+                batch[key] = torch.tensor([feature[key] for feature in features])
+        return batch
+
+    def _pad(self, features: Sequence[dict[str, Any]], prefix: str) -> dict[str, torch.Tensor]:
+        lengths = [len(f[f"{prefix}input_ids"]) for f in features]
         width = max(lengths)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -172,7 +210,11 @@ class PaddingCollator:
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(features), width), dtype=torch.long)
         for row, (feature, length) in enumerate(zip(features, lengths, strict=True)):
-            input_ids[row, :length] = torch.as_tensor(feature["input_ids"])
-            labels[row, :length] = torch.as_tensor(feature["labels"])
+            input_ids[row, :length] = torch.as_tensor(feature[f"{prefix}input_ids"])
+            labels[row, :length] = torch.as_tensor(feature[f"{prefix}labels"])
             attention_mask[row, :length] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return {
+            f"{prefix}input_ids": input_ids,
+            f"{prefix}labels": labels,
+            f"{prefix}attention_mask": attention_mask,
+        }

@@ -1,6 +1,6 @@
 """Unlearning methods, one module each, registered by name in `METHODS`."""
 
-from llm_unlearn.methods import grad_ascent, grad_diff
+from llm_unlearn.methods import ce_u, dpo, grad_ascent, grad_diff, npo, satimp, simnpo, undial, wga
 from llm_unlearn.methods.base import (
     METHODS,
     MethodConfig,
@@ -17,8 +17,15 @@ __all__ = [
     "MethodConfig",
     "UnlearnMethod",
     "UnlearnStep",
+    "ce_u",
+    "dpo",
     "get_method",
     "grad_ascent",
     "grad_diff",
+    "npo",
     "register_method",
+    "satimp",
+    "simnpo",
+    "undial",
+    "wga",
 ]

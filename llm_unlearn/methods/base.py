@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from llm_unlearn.methods.layers import capture_layer_output
+
 LossFn = Callable[["UnlearnStep", Any], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -29,6 +31,16 @@ class MethodConfig:
     def needs_reference_model(self) -> bool:
         """Whether the loss needs per-step outputs of the frozen reference model."""
         return False
+
+    @property
+    def cached_reference_views(self) -> tuple[str, ...]:
+        """Forget views ("" is the true answer) whose reference sequence log-probs the trainer computes once
+        before training and puts in the batch as `ref_seq_logprob` (NPO, DPO: constant during training)."""
+        return ()
+
+    def forget_views(self) -> dict[str, Callable[[dict[str, Any]], str]]:
+        """Extra answers per forget example, by view name (e.g. DPO's preferred answer); none by default."""
+        return {}
 
     def configure_model(self, model: torch.nn.Module) -> None:
         """Adjust the model before training (e.g. choose which parameters train); most methods need nothing."""
@@ -52,6 +64,8 @@ class UnlearnStep:
         self.reference = reference
         self._logits: dict[str, torch.Tensor] = {}
         self._reference_logits: dict[str, torch.Tensor] = {}
+        self._activations: dict[tuple[str, str], torch.Tensor] = {}
+        self._reference_activations: dict[tuple[str, str], torch.Tensor] = {}
 
     def batch(self, split: str) -> dict[str, torch.Tensor]:
         if split not in self.batches:
@@ -81,6 +95,26 @@ class UnlearnStep:
                 outputs = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             self._reference_logits[split] = outputs.logits
         return self._reference_logits[split]
+
+    def activations(self, split: str, layer_path: str) -> torch.Tensor:
+        """Output of the block at `layer_path` (see `layers.py`) in the trained model on `split` (with gradient);
+        the forward pass stops after that block."""
+        key = (split, layer_path)
+        if key not in self._activations:
+            self._activations[key] = capture_layer_output(self.model, layer_path, self.batch(split))
+        return self._activations[key]
+
+    def reference_activations(self, split: str, layer_path: str) -> torch.Tensor:
+        """Output of the block at `layer_path` in the frozen reference model on `split` (no gradient)."""
+        if self.reference is None:
+            raise RuntimeError(
+                "this method asked for reference outputs but the trainer has no reference model."
+            )
+        key = (split, layer_path)
+        if key not in self._reference_activations:
+            with self.reference() as reference:
+                self._reference_activations[key] = capture_layer_output(reference, layer_path, self.batch(split))
+        return self._reference_activations[key]
 
 
 @dataclass(frozen=True)

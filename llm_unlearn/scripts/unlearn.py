@@ -11,7 +11,8 @@ from transformers import set_seed
 from trl import TrlParser
 
 from llm_unlearn.data.arguments import DataArguments
-from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
+from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset, tokenize_views
+from llm_unlearn.methods import get_method
 from llm_unlearn.models import ModelArguments, load_from_args
 from llm_unlearn.run_record import describe_data, finish_run, jsonable, prepare_output
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
@@ -35,10 +36,11 @@ def main(
     split = script_args.load_split()
     model, tokenizer = load_from_args(model_args)
     format_kwargs = script_args.format_kwargs()
+    method_config = get_method(training_args.method).make_config(training_args.method_args)
     trainer = UnlearnTrainer(
         model=model,
         args=training_args,
-        train_dataset=tokenize_dataset(split.forget, tokenizer, **format_kwargs),
+        train_dataset=tokenize_views(split.forget, tokenizer, method_config.forget_views(), **format_kwargs),
         retain_dataset=tokenize_dataset(split.retain, tokenizer, **format_kwargs),
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
