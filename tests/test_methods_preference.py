@@ -87,7 +87,7 @@ def test_dpo_preferred_answers_and_their_errors():
     assert refusal.forget_views()["win"](FORGET[0]) == refusal_for(FORGET[0]["question"])
     alternate = get_method("dpo").make_config({"preferred": "alternate"})
     assert alternate.preferred_answer(FORGET[0]) == "In Lyon."
-    with pytest.raises(ValueError, match="needs a non-empty 'perturbed_answer'.*preferred='refusal'"):
+    with pytest.raises(ValueError, match=r"needs a non-empty 'perturbed_answer'.*preferred='refusal'"):
         alternate.preferred_answer({"question": "Q?", "answer": "A."})
     with pytest.raises(ValueError, match="preferred='best' is not known"):
         get_method("dpo").make_config({"preferred": "best"})
