@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -46,6 +47,19 @@ class UnlearnConfig(TrainingArguments):
         metadata={"help": "Retain examples per device per step; defaults to per_device_train_batch_size."},
     )
 
+    stop_on_nonfinite: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop when a loss or gradient is NaN/inf, keeping the weights of the last good step."
+        },
+    )
+    retain_loss_limit: float | None = field(
+        default=None,
+        metadata={
+            "help": "Utility floor: stop once the method's retain loss (averaged over ranks) exceeds this."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.method_args, str):
@@ -61,6 +75,7 @@ class UnlearnConfig(TrainingArguments):
         get_method(self.method).make_config(self.method_args)
 
 
+logger = logging.getLogger(__name__)
 REFERENCE_LOGPROB = "ref_seq_logprob"
 
 
@@ -154,6 +169,8 @@ class UnlearnTrainer(Trainer):
             else None
         )
         self._component_logs: dict[str, list[float]] = defaultdict(list)
+        self._step_retain_loss: float | None = None
+        self.safeguard_stop: dict[str, Any] | None = None
 
     def _with_reference_logprobs(self, dataset: Dataset) -> Dataset:
         """Add `<view>__ref_seq_logprob` columns: the reference model's sequence log-prob of each forget
@@ -209,9 +226,58 @@ class UnlearnTrainer(Trainer):
         loss, components = self.method.loss(step, self.method_config)
         for name, value in components.items():
             self._component_logs[name].append(value)
+        self._step_retain_loss = next((v for k, v in components.items() if k.startswith("retain_")), None)
         if return_outputs:
             return loss, {"logits": step.logits("forget")}
         return loss
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """One forward/backward, then the safeguards: a non-finite loss or gradient drops this step's update
+        (so the weights stay those of the last good step) and stops the run; so does a retain loss above
+        `retain_loss_limit`."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.safeguard_stop is not None:
+            return loss
+        reason = None
+        if self.args.stop_on_nonfinite and not self._gradients_finite(loss):
+            reason = f"non-finite loss or gradient (loss {loss.item():.4g})"
+            model.zero_grad(set_to_none=True)
+        elif self.args.retain_loss_limit is not None and self._step_retain_loss is not None:
+            retain = self.accelerator.reduce(torch.tensor(self._step_retain_loss, device=loss.device), "mean")
+            if retain.item() > self.args.retain_loss_limit:
+                reason = f"retain loss {retain.item():.4g} exceeded retain_loss_limit {self.args.retain_loss_limit}"
+        if reason is not None:
+            self.safeguard_stop = {"reason": reason, "step": self.state.global_step}
+            self.control.should_training_stop = True
+            logger.warning(
+                "Stopping unlearning at step %d: %s. The saved model is the one before this step.",
+                self.state.global_step,
+                reason,
+            )
+        return loss
+
+    def _gradients_finite(self, loss: torch.Tensor) -> bool:
+        # Gradients are already averaged across ranks here, so every rank reaches the same verdict.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        total = (
+            torch.stack([n.float() for n in norms]).sum() if norms else torch.zeros((), device=loss.device)
+        )
+        finite = torch.isfinite(total) & torch.isfinite(loss.detach().float())
+        return self.accelerator.reduce(finite.float(), "sum").item() == self.accelerator.num_processes
+
+    def safeguard_report(self) -> dict[str, Any]:
+        """The safeguard settings and whether (and why) they stopped the run, for run.json."""
+        return {
+            "stop_on_nonfinite": self.args.stop_on_nonfinite,
+            "retain_loss_limit": self.args.retain_loss_limit,
+            "stopped": self.safeguard_stop,
+        }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss component since the last log to Trainer's logs."""

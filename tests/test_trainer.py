@@ -8,6 +8,9 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
 from llm_unlearn.data.formatting import PaddingCollator, encode_qa
+from llm_unlearn.methods import register_method
+from llm_unlearn.methods.grad_ascent import GradAscentConfig
+from llm_unlearn.methods.logprobs import sequence_nll
 from llm_unlearn.trainer import (
     RetainStream,
     UnlearnConfig,
@@ -83,3 +86,46 @@ def test_method_args_from_the_command_line_are_json(tmp_path):
     assert config.method_args == {"alpha": 2.5}
     with pytest.raises(ValueError, match="method_args must be a JSON mapping"):
         UnlearnConfig(output_dir=str(tmp_path), method_args="{alpha: 2")
+
+
+@register_method("test_nan_at_step_2", GradAscentConfig)
+def _nan_at_step_2(step, config):
+    """Gradient ascent whose loss turns NaN on the second call: a stand-in for a diverging run."""
+    _nan_at_step_2.calls = getattr(_nan_at_step_2, "calls", 0) + 1
+    nll = sequence_nll(step.logits("forget"), step.labels("forget")).mean()
+    return (-nll if _nan_at_step_2.calls < 2 else nll * float("nan")), {"forget_nll": nll.item()}
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_weights(tiny_model, tiny_tokenizer, tmp_path):
+    _nan_at_step_2.calls = 0
+    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path, method="test_nan_at_step_2")
+    trainer.args.max_steps = 5
+    trainer.train()
+    after_first = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    assert trainer.safeguard_stop["reason"].startswith("non-finite") and trainer.state.global_step <= 2
+    assert all(torch.isfinite(v).all() for v in after_first.values())
+    assert trainer.safeguard_report()["stopped"]["step"] == 1
+
+
+def test_retain_loss_limit_stops_the_run(tiny_model, tiny_tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path, method="graddiff", retain_loss_limit=0.5)
+    trainer.args.max_steps = 5
+    trainer.train()
+    assert "exceeded retain_loss_limit 0.5" in trainer.safeguard_stop["reason"]
+    assert trainer.state.global_step == 1
+
+
+def test_lora_adapters_get_gradients_under_reentrant_checkpointing(tiny_model_dir, tiny_tokenizer):
+    """A known failure elsewhere (all-zero lora_B after training); transformers 5 makes the embedding output
+    require grad when checkpointing is enabled, and this guards that path as Trainer uses it."""
+    from llm_unlearn.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(
+        tiny_model_dir, peft_config=LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    batch = PaddingCollator(tiny_tokenizer.pad_token_id)([encode_qa(tiny_tokenizer, "Q one?", "Answer one.")])
+    model(**batch).loss.backward()
+    lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)

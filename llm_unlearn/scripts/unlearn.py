@@ -50,6 +50,7 @@ def main(
         "recipe": "unlearn",
         "method": trainer.method.name,
         "method_config": jsonable(trainer.method_config),
+        "safeguard": trainer.safeguard_report(),
         "data": {
             "forget": describe_data(split.forget),
             "retain": describe_data(split.retain),
