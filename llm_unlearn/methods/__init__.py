@@ -1,6 +1,6 @@
 """Unlearning methods, one module each, registered by name in `METHODS`."""
 
-from llm_unlearn.methods import ce_u, dpo, grad_ascent, grad_diff, npo, satimp, simnpo, undial, wga
+from llm_unlearn.methods import ce_u, dpo, grad_ascent, grad_diff, npo, rmu, satimp, simnpo, undial, wga
 from llm_unlearn.methods.base import (
     METHODS,
     MethodConfig,
@@ -24,6 +24,7 @@ __all__ = [
     "grad_diff",
     "npo",
     "register_method",
+    "rmu",
     "satimp",
     "simnpo",
     "undial",

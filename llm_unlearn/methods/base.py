@@ -113,7 +113,9 @@ class UnlearnStep:
         key = (split, layer_path)
         if key not in self._reference_activations:
             with self.reference() as reference:
-                self._reference_activations[key] = capture_layer_output(reference, layer_path, self.batch(split))
+                self._reference_activations[key] = capture_layer_output(
+                    reference, layer_path, self.batch(split)
+                )
         return self._reference_activations[key]
 
 
