@@ -18,6 +18,7 @@ from trl import TrlParser
 
 from llm_unlearn.evaluation import load_eval
 from llm_unlearn.io import check_output_dir, write_json_atomic
+from llm_unlearn.methods import METHODS, get_method
 from llm_unlearn.models import EMBEDDED, embedded_checkpoint
 from llm_unlearn.scripts import evaluate, finetune, unlearn
 
@@ -43,6 +44,10 @@ class DemoArguments:
         default=None, metadata={"help": "Override the forget subjects."}
     )
     method: str = field(default="graddiff", metadata={"help": "Unlearning method."})
+    methods: list[str] | None = field(
+        default=None,
+        metadata={"help": "Compare several methods ('all': every registered one); overrides method."},
+    )
     mode: str = field(default="lora", metadata={"help": f"Unlearning mode, one of {MODES}."})
     output_dir: str = field(
         default="outputs/demo", metadata={"help": "Where models, evals and demo.json go."}
@@ -56,6 +61,14 @@ class DemoArguments:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not known; use one of {MODES}.")
+        for name in self.method_names():
+            get_method(name)
+
+    def method_names(self) -> list[str]:
+        """The methods to run, in order."""
+        if not self.methods:
+            return [self.method]
+        return sorted(METHODS) if self.methods == ["all"] else list(self.methods)
 
     def config(self, name: str) -> Path:
         path = Path(self.configs_dir) / f"{name}.yaml"
@@ -65,9 +78,9 @@ class DemoArguments:
             )
         return path
 
-    def unlearn_config(self) -> Path:
+    def unlearn_config(self, method: str) -> Path:
         """`<method>_<mode>.yaml` when shipped, else the GradDiff config with the method swapped in."""
-        specific = Path(self.configs_dir) / f"{self.method}_{self.mode}.yaml"
+        specific = Path(self.configs_dir) / f"{method}_{self.mode}.yaml"
         return specific if specific.is_file() else self.config(f"graddiff_{self.mode}")
 
     def data_overrides(self) -> list[str]:
@@ -108,23 +121,30 @@ def _short(column: str) -> str:
     return f"{split} {SHORT_METRIC_NAMES.get(metric, metric)}"
 
 
-def format_table(rows: dict[str, dict[str, float]], phases: dict[str, float]) -> str:
-    """A fixed-width table, one line per model."""
+def format_table(
+    rows: dict[str, dict[str, float]], phases: dict[str, float], seconds: dict[str, float] | None = None
+) -> str:
+    """A fixed-width table, one line per model; `seconds` adds each model's training wall time."""
     columns = list(next(iter(rows.values())))
     widths = [max(len(_short(c)), 7) + 2 for c in columns]
-    header = f"{'model':<10}" + "".join(f"{_short(c):>{w}}" for c, w in zip(columns, widths, strict=True))
+    name_width = max(10, *(len(name) + 2 for name in rows))
+    header = f"{'model':<{name_width}}" + "".join(
+        f"{_short(c):>{w}}" for c, w in zip(columns, widths, strict=True)
+    )
+    header += f"{'train s':>9}" if seconds is not None else ""
     lines = [header, "-" * len(header)]
     for name, row in rows.items():
-        cells = (f"{row.get(c, float('nan')):>{w}.4f}" for c, w in zip(columns, widths, strict=True))
-        lines.append(f"{name:<10}" + "".join(cells))
+        cells = "".join(f"{row.get(c, float('nan')):>{w}.4f}" for c, w in zip(columns, widths, strict=True))
+        if seconds is not None:
+            cells += f"{seconds[name]:>9.1f}" if name in seconds else f"{'':>9}"
+        lines.append(f"{name:<{name_width}}" + cells)
     lines.append("")
     lines.append("wall time by phase (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     return "\n".join(lines)
 
 
-def check_forgetting(rows: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Compare the unlearned model with the target on forget and retain probability."""
-    target, unlearned = rows["target"], rows["unlearned"]
+def check_forgetting(target: dict[str, float], unlearned: dict[str, float]) -> dict[str, Any]:
+    """Compare an unlearned model with the target on forget and retain probability."""
     forget_ratio = unlearned["forget/probability"] / target["forget/probability"]
     retain_change = abs(unlearned["retain/probability"] / target["retain/probability"] - 1)
     return {
@@ -144,7 +164,10 @@ def main(args: DemoArguments) -> dict[str, Any]:
         _timed(phases, "prepare_model", embedded_checkpoint)
     data = args.data_overrides()
     overwrite = ["--overwrite", "true"] if args.overwrite else []
-    dirs = {name: out / name for name in ("target", "retain", "unlearned")}
+    methods = args.method_names()
+    # One method keeps the plain name "unlearned"; a comparison names each model by its method.
+    unlearned = {"unlearned": methods[0]} if len(methods) == 1 else {method: method for method in methods}
+    dirs = {name: out / name for name in ("target", "retain", *unlearned)}
 
     def recipe(phase: str, module: Any, config: Path, *flags: str) -> Any:
         return _timed(phases, phase, lambda: run_recipe(module, ["--config", str(config), *flags, *data]))
@@ -155,37 +178,42 @@ def main(args: DemoArguments) -> dict[str, Any]:
     for name, train_on in (("target", "all"), ("retain", "retain")):
         recipe(f"finetune_{name}", finetune, args.config("finetune"), "--train_on", train_on,
                "--output_dir", str(dirs[name]), *finetune_flags)  # fmt: skip
-    unlearn_flags = ["--method", args.method, "--model_name_or_path", str(dirs["target"]), *overwrite]
+    unlearn_flags = ["--model_name_or_path", str(dirs["target"]), *overwrite]
     if args.unlearn_epochs:
         unlearn_flags += ["--num_train_epochs", str(args.unlearn_epochs)]
-    recipe("unlearn", unlearn, args.unlearn_config(), "--output_dir", str(dirs["unlearned"]), *unlearn_flags)
     eval_flags = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
-    rows = {}
-    for name, model_dir in dirs.items():
-        path = recipe(f"eval_{name}", evaluate, args.config("eval"), "--model_name_or_path", str(model_dir),
-                      "--output_dir", str(model_dir), "--overwrite", "true", *eval_flags)  # fmt: skip
+    rows, seconds = {}, {}
+    for name in dirs:
+        if name in unlearned:
+            phase = f"unlearn_{name}" if len(methods) > 1 else "unlearn"
+            recipe(phase, unlearn, args.unlearn_config(unlearned[name]), "--method", unlearned[name],
+                   "--output_dir", str(dirs[name]), *unlearn_flags)  # fmt: skip
+            seconds[name] = phases[phase]
+        path = recipe(f"eval_{name}", evaluate, args.config("eval"), "--model_name_or_path", str(dirs[name]),
+                      "--output_dir", str(dirs[name]), "--overwrite", "true", *eval_flags)  # fmt: skip
         rows[name] = summary_row(load_eval(path))
-    checks = check_forgetting(rows)
-    table = format_table(rows, phases)
+    checks = {name: check_forgetting(rows["target"], rows[name]) for name in unlearned}
+    seconds.update({name: phases[f"finetune_{name}"] for name in ("target", "retain")})
+    table = format_table(rows, phases, seconds)
     summary = {
         "models": {name: str(path) for name, path in dirs.items()},
-        "method": args.method,
+        "methods": unlearned,
         "mode": args.mode,
         "table": rows,
+        "train_seconds": seconds,
         "checks": checks,
         "phases_s": phases,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(summary, out / "demo.json")
-    print("\n" + table)
-    print(
-        f"\nforget probability: unlearned / target = {checks['forget_probability_ratio']:.3f} "
-        f"(needs <= {MAX_FORGET_RATIO}): {'PASS' if checks['forget_passed'] else 'FAIL'}"
-    )
-    print(
-        f"retain probability change vs target = {checks['retain_probability_change']:.1%} "
-        f"(needs <= {MAX_RETAIN_CHANGE:.0%}): {'PASS' if checks['retain_passed'] else 'FAIL'}"
-    )
+    print("\n" + table + "\n")
+    for name, check in checks.items():
+        print(
+            f"{name}: forget probability / target = {check['forget_probability_ratio']:.3f} "
+            f"(needs <= {MAX_FORGET_RATIO}): {'PASS' if check['forget_passed'] else 'FAIL'}; "
+            f"retain probability change = {check['retain_probability_change']:.1%} "
+            f"(needs <= {MAX_RETAIN_CHANGE:.0%}): {'PASS' if check['retain_passed'] else 'FAIL'}"
+        )
     print(f"total wall time {summary['wall_time_s']:.0f} s; results in {out / 'demo.json'}")
     return summary
 

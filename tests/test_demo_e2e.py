@@ -23,7 +23,7 @@ def test_demo_runs_offline_on_embedded_model(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "forget probability: unlearned / target" in done.stdout
+    assert "unlearned: forget probability / target" in done.stdout
     summary = json.loads((out / "demo.json").read_text())
     assert set(summary["table"]) == {"target", "retain", "unlearned"}
     for row in summary["table"].values():
@@ -34,6 +34,7 @@ def test_demo_runs_offline_on_embedded_model(tmp_path):
         assert json.loads((out / name / "run.json").read_text())["recipe"] == "finetune"
     unlearn_record = json.loads((out / "unlearned" / "run.json").read_text())
     assert unlearn_record["method"] == "graddiff" and unlearn_record["mode"] == "lora"
+    assert set(summary["checks"]) == {"unlearned"} and summary["train_seconds"]["unlearned"] > 0
     assert unlearn_record["data"]["forget"]["subject_ids"] == ["person-0000"]
     evaluation = json.loads((out / "unlearned" / "eval.json").read_text())
     assert evaluation["splits"]["forget"]["num_items"] == 4

@@ -1,6 +1,18 @@
 """Unlearning methods, one module each, registered by name in `METHODS`."""
 
-from llm_unlearn.methods import ce_u, dpo, grad_ascent, grad_diff, npo, rmu, satimp, simnpo, undial, wga
+from llm_unlearn.methods import (
+    ce_u,
+    dpo,
+    grad_ascent,
+    grad_diff,
+    npo,
+    retain_finetune,
+    rmu,
+    satimp,
+    simnpo,
+    undial,
+    wga,
+)
 from llm_unlearn.methods.base import (
     METHODS,
     MethodConfig,
@@ -24,6 +36,7 @@ __all__ = [
     "grad_diff",
     "npo",
     "register_method",
+    "retain_finetune",
     "rmu",
     "satimp",
     "simnpo",
