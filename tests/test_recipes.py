@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,15 +110,22 @@ def test_method_args_errors_are_clear(tiny_model_dir, qa_file, tmp_path):
         run(unlearn, recipe_args(tiny_model_dir, qa_file, tmp_path / "x", "--method", "nope"))
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
 @pytest.mark.distributed
-def test_two_processes_match_one_process_at_same_global_batch(tiny_model_dir, qa_file, tmp_path):
-    """GradDiff with retain batches: 2 ranks x batch 2 must give the weights of 1 rank x batch 4."""
+@pytest.mark.parametrize("method", ["graddiff", "npo"])
+def test_two_processes_match_one_process_at_same_global_batch(tiny_model_dir, qa_file, tmp_path, method):
+    """With retain batches (and NPO's cached references): 2 ranks x batch 2 give the weights of 1 rank x 4."""
     common = [
-        "--method", "graddiff", "--learning_rate", "0.05", "--optim", "sgd", "--max_steps", "3",
+        "--method", method, "--learning_rate", "0.05", "--optim", "sgd", "--max_steps", "3",
         "--lr_scheduler_type", "constant",
     ]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -129,7 +137,7 @@ def test_two_processes_match_one_process_at_same_global_batch(tiny_model_dir, qa
         check=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", script,
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), script,
          *recipe_args(tiny_model_dir, qa_file, two, *common, "--per_device_train_batch_size", "2")],
         check=True, env=env, cwd=tmp_path,
     )  # fmt: skip
