@@ -40,8 +40,10 @@ def test_builtin_configs_parse_and_select_data(path, tmp_path):
 def test_tofu_configs_parse_with_hub_data_and_their_method(path, tmp_path):
     assert yaml.safe_load(path.read_text())["bf16"] is True
     # bf16 is refused on a machine without a GPU, so the parse here turns it off.
-    script_args, training_args, model_args = recipe_for(path).make_parser().parse_args_and_config(
-        ["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false"]
+    script_args, training_args, model_args = (
+        recipe_for(path)
+        .make_parser()
+        .parse_args_and_config(["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false"])
     )
     assert script_args.dataset == "locuslab/TOFU" and script_args.forget_data_config == "forget10"
     if path.stem == "finetune":
@@ -89,3 +91,20 @@ def test_table_has_a_row_per_model_and_phase_times():
     assert lines[2].split() == ["target", "0.7000", "0.5000"]
     assert lines[3].split() == ["unlearned", "nan", "nan", "12.3"]
     assert "unlearn 12.3" in table
+
+
+def test_recipes_register_as_subcommands_of_a_trl_parser(tmp_path):
+    """`make_parser(subparsers)` (TRL's script convention) gives a subcommand that reads configs."""
+    import argparse
+
+    from trl import TrlParser
+
+    root = argparse.ArgumentParser(prog="x")
+    subparsers = root.add_subparsers(dest="command", parser_class=TrlParser)
+    parsers = {module: module.make_parser(subparsers) for module in (finetune, unlearn, evaluate, demo)}
+    assert all(isinstance(parser, TrlParser) for parser in parsers.values())
+    config = CONFIGS / "builtin" / "npo_lora.yaml"
+    _, training_args, _ = parsers[unlearn].parse_args_and_config(
+        ["--config", str(config), "--output_dir", str(tmp_path)]
+    )
+    assert training_args.method == "npo" and training_args.method_args["beta"] == 0.1
