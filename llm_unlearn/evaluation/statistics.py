@@ -1,4 +1,5 @@
-"""The one teacher-forced pass: per answer token log-probabilities and argmax hits (REFERENCE.md section 2).
+"""The one teacher-forced pass: per answer token log-probabilities and argmax hits (REFERENCE.md section 2),
+and on request the per-position distribution statistics of Min-K%++ (REFERENCE.md section 3).
 
 Every logit-based metric (probability, truth ratio, exact memorization, extraction strength, LOSS, zlib,
 Min-K%, ...) is a function of the arrays computed here, so the model runs once per item whatever the number of
@@ -25,6 +26,10 @@ class ItemStatistics:
 
     logprobs: np.ndarray  # float32, log p(y_t | x, y_<t)
     argmax_hits: np.ndarray  # bool, argmax of the logits at that position == y_t
+    # float32, only with `distribution_stats=True`: mean and standard deviation of log p_v under the model's
+    # own next-token distribution p at that position (Min-K%++, Zhang et al. 2024; REFERENCE.md section 3).
+    position_mean: np.ndarray | None = None  # mu_t = sum_v p_v log p_v
+    position_std: np.ndarray | None = None  # sigma_t = sqrt(sum_v p_v (log p_v)^2 - mu_t^2)
 
     @property
     def num_tokens(self) -> int:
@@ -49,18 +54,37 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _position_statistics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Statistics of the labelled positions from their logits `[N, V]` (float32) and targets `[N]`.
+def _distribution_statistics(logits: torch.Tensor, log_normalizer: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean mu_t = sum_v p_v log p_v and standard deviation sigma_t of log p under the next-token distribution
+    at each row of `logits` `[N, V]` (Min-K%++, Zhang et al. 2024; REFERENCE.md section 3)."""
+    log_probs = logits - log_normalizer.unsqueeze(-1)
+    probs = log_probs.exp()
+    # A -inf logit (a masked vocabulary entry) has p = 0: count its terms as 0 * 0 rather than 0 * -inf = NaN.
+    log_probs = log_probs.masked_fill(torch.isneginf(log_probs), 0.0)
+    mean = (probs * log_probs).sum(dim=-1)
+    # sum_v p_v (log p_v - mu)^2 equals sum_v p_v (log p_v)^2 - mu^2, without the float32 cancellation of
+    # subtracting two large nearly equal numbers.
+    variance = (probs * (log_probs - mean.unsqueeze(-1)).square()).sum(dim=-1)
+    return {"position_mean": mean, "position_std": variance.sqrt()}
 
-    The per-position distribution statistics that Min-K%++ needs (mean and variance of log p under the model's
-    own next-token distribution) belong here: they come from the same `logits`, with no second pass.
-    """
+
+def _position_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, distribution_stats: bool = False
+) -> dict[str, torch.Tensor]:
+    """Statistics of the labelled positions from their logits `[N, V]` (float32) and targets `[N]`; with
+    `distribution_stats`, also the per-position mean and standard deviation of log p (Min-K%++), from the same
+    logits with no second pass."""
     # logit[target] - logsumexp(logits) is log_softmax at the target only, without a [N, V] log-softmax tensor.
     target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return {
-        "logprobs": target_logits - torch.logsumexp(logits, dim=-1),
+    log_normalizer = torch.logsumexp(logits, dim=-1)
+    stats = {
+        "logprobs": target_logits - log_normalizer,
         "argmax_hits": logits.argmax(dim=-1) == targets,
     }
+    if distribution_stats:
+        # Only Min-K%++ needs the full distribution, so only then pay for [N, V] log-probabilities.
+        stats.update(_distribution_statistics(logits, log_normalizer))
+    return stats
 
 
 def _supports_logits_to_keep(model: PreTrainedModel) -> bool:
@@ -75,9 +99,11 @@ def compute_item_statistics(
     batch_size: int = 16,
     pad_token_id: int,
     progress: str | None = None,
+    distribution_stats: bool = False,
 ) -> list[ItemStatistics]:
     """Run one teacher-forced pass over `encoded` items (`input_ids` + `labels`, -100 = not scored) and return
-    the statistics of each item's labelled tokens, in input order."""
+    the statistics of each item's labelled tokens, in input order; `distribution_stats=True` adds the
+    per-position `position_mean` / `position_std` that Min-K%++ needs (REFERENCE.md section 3)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for index, item in enumerate(encoded):
@@ -115,7 +141,9 @@ def compute_item_statistics(
                 scored_device = scored.to(logits.device)
                 # Row-major boolean indexing keeps each row's positions together and in order.
                 stats = _position_statistics(
-                    logits[scored_device].float(), targets.to(logits.device)[scored_device]
+                    logits[scored_device].float(),
+                    targets.to(logits.device)[scored_device],
+                    distribution_stats=distribution_stats,
                 )
                 arrays = {name: value.cpu().numpy() for name, value in stats.items()}
                 bounds = np.cumsum(scored.sum(dim=1).numpy())[:-1]
