@@ -1,4 +1,4 @@
-"""The `llm-unlearn` command: `demo`, and the recipes `finetune`, `unlearn` and `eval` as subcommands."""
+"""The `llm-unlearn` command: `demo`, the recipes `finetune`, `unlearn` and `eval`, and the CI `gate` as subcommands."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ COMMANDS = {
     "finetune": ("llm_unlearn.scripts.finetune", "Fine-tune the target model or the retain model."),
     "unlearn": ("llm_unlearn.scripts.unlearn", "Unlearn a forget set with a registered method."),
     "eval": ("llm_unlearn.scripts.evaluate", "Evaluate a model on forget/retain data; write eval.json."),
+    "gate": (
+        "llm_unlearn.evaluation.gate",
+        "Check eval.json against thresholds; exit 0 pass, 1 fail, 2 bad input.",
+    ),
 }
 
 
@@ -33,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     module = importlib.import_module(COMMANDS[command][0])
     recipe_parser = module.make_parser(prog=f"llm-unlearn {command}")
-    module.main(*recipe_parser.parse_args_and_config(argv[1:]))
-    return 0
+    result = module.main(*recipe_parser.parse_args_and_config(argv[1:]))
+    # `gate` returns its exit code; the recipes return paths or nothing, which means success.
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
