@@ -149,8 +149,9 @@ def test_distribution_statistics_on_hand_logits():
 
 def test_new_metrics_are_registered_with_their_inputs():
     assert "text" in METRIC_INPUTS
-    for name in ("exact_memorization", "extraction_strength", "loss", "min_k", "min_k_plus_plus"):
+    for name in ("exact_memorization", "extraction_strength", "loss", "min_k"):
         assert get_metric(name).inputs == ("statistics",)
+    assert get_metric("min_k_plus_plus").inputs == ("distribution_statistics",)
     assert get_metric("zlib").inputs == ("statistics", "text")
     assert get_metric("min_k").fn is min_k
 
@@ -445,3 +446,35 @@ def test_summarize_with_ci_extends_summarize():
     empty = summarize_with_ci([])
     assert empty["n"] == 0 and math.isnan(empty["ci_low"]) and math.isnan(empty["ci_high"])
     assert summarize_with_ci(iter(values), seed=1) == summary
+
+
+def test_evaluator_serves_all_logit_metrics_from_one_forward_pass(tiny_model, tiny_tokenizer):
+    """zlib reads the item's text and Min-K%++ the distribution statistics, both from the single pass."""
+    import zlib as zlib_module
+
+    from datasets import Dataset
+
+    from llm_unlearn.evaluation import EvalConfig, evaluate_splits
+
+    data = Dataset.from_list(
+        [{"question": "Where was Ada born?", "answer": "In London."}, {"question": "Q?", "answer": "A."}]
+    )
+    calls = []
+    tiny_model.register_forward_hook(lambda *_: calls.append(1))
+    metrics = (
+        "probability",
+        "loss",
+        "zlib",
+        "min_k",
+        "min_k_plus_plus",
+        "exact_memorization",
+        "extraction_strength",
+    )
+    result = evaluate_splits(
+        tiny_model, tiny_tokenizer, {"forget": data}, EvalConfig(metrics=metrics, batch_size=8)
+    )
+    assert len(calls) == 1
+    item = result["splits"]["forget"]["items"][0]
+    expected_zlib = item["loss"] / len(zlib_module.compress(b"Where was Ada born? In London."))
+    assert item["zlib"] == pytest.approx(expected_zlib, rel=1e-6)
+    assert all(np.isfinite(item[name]) for name in metrics)

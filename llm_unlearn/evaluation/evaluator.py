@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +42,6 @@ class EvalConfig:
                 raise ValueError(f"EvalConfig.{field} must be at least 1, got {getattr(self, field)}.")
 
 
-@dataclass(frozen=True)
-class _Pass:
-    """A model pass that produces one metric input for every item of a split."""
-
-    timing_key: str
-    run: Callable[[PreTrainedModel, PreTrainedTokenizerBase, Dataset, EvalConfig, str], list[Any]]
-
-
 def _column(dataset: Dataset, name: str) -> list[Any]:
     return list(dataset[name]) if name in dataset.column_names else [None] * len(dataset)
 
@@ -60,6 +52,7 @@ def _teacher_forced(
     dataset: Dataset,
     config: EvalConfig,
     split: str,
+    distribution_stats: bool = False,
 ) -> list[Any]:
     # encode_qa gives the exact token layout that training sees (prompt masked, answer scored).
     encoded = [
@@ -75,7 +68,12 @@ def _teacher_forced(
     ]
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return compute_item_statistics(
-        model, encoded, batch_size=config.batch_size, pad_token_id=pad_token_id, progress=f"{split}: forward"
+        model,
+        encoded,
+        batch_size=config.batch_size,
+        pad_token_id=pad_token_id,
+        progress=f"{split}: forward",
+        distribution_stats=distribution_stats,
     )
 
 
@@ -100,11 +98,8 @@ def _generation(
     )
 
 
-# Metric inputs that need the model; the others ("answer") are read from the dataset.
-_PASSES: dict[str, _Pass] = {
-    "statistics": _Pass(timing_key="forward_s", run=_teacher_forced),
-    "generation": _Pass(timing_key="generation_s", run=_generation),
-}
+# Inputs served by the teacher-forced pass; distribution statistics come from the same pass when asked for.
+_TEACHER_FORCED = {"statistics", "distribution_statistics"}
 
 
 def _evaluate_split(
@@ -123,11 +118,24 @@ def _evaluate_split(
             f"(and optionally 'subject_id'); it has {dataset.column_names}."
         )
     questions, answers = _column(dataset, "question"), _column(dataset, "answer")
-    inputs: dict[str, list[Any]] = {"answer": answers}
-    for name in sorted({key for metric in metrics for key in metric.inputs} & _PASSES.keys()):
+    # zlib's text: the question and the answer, without the chat template, whose fixed markup would
+    # dominate the compressed length of short items.
+    inputs: dict[str, list[Any]] = {
+        "answer": answers,
+        "text": [f"{question} {answer}" for question, answer in zip(questions, answers, strict=True)],
+    }
+    needed = {key for metric in metrics for key in metric.inputs}
+    if needed & _TEACHER_FORCED:
         started = time.perf_counter()
-        inputs[name] = _PASSES[name].run(model, tokenizer, dataset, config, split)
-        timing[_PASSES[name].timing_key] += time.perf_counter() - started
+        statistics = _teacher_forced(
+            model, tokenizer, dataset, config, split, distribution_stats="distribution_statistics" in needed
+        )
+        inputs["statistics"] = inputs["distribution_statistics"] = statistics
+        timing["forward_s"] += time.perf_counter() - started
+    if "generation" in needed:
+        started = time.perf_counter()
+        inputs["generation"] = _generation(model, tokenizer, dataset, config, split)
+        timing["generation_s"] += time.perf_counter() - started
 
     items = []
     for index, (subject_id, question, answer) in enumerate(
@@ -161,7 +169,7 @@ def evaluate_splits(
     """Evaluate `model` on each QA split (`question`, `answer`, optional `subject_id`) with `config.metrics`;
     return a JSON-serialisable dict with the config, per-split aggregates and items, and pass timings."""
     metrics = [get_metric(name) for name in config.metrics]
-    timing = {evaluation_pass.timing_key: 0.0 for evaluation_pass in _PASSES.values()}
+    timing = {"forward_s": 0.0, "generation_s": 0.0}
     results = {
         split: _evaluate_split(model, tokenizer, split, dataset, metrics, config, timing)
         for split, dataset in splits.items()

@@ -23,7 +23,7 @@ from llm_unlearn.evaluation.statistics import ItemStatistics
 
 # Inputs a metric may ask for; each is computed once per item by the evaluator. "text" is the prompt followed
 # by the answer as one string (the whole text for a plain-text item): the zlib score compresses it.
-METRIC_INPUTS = ("statistics", "generation", "answer", "text")
+METRIC_INPUTS = ("statistics", "distribution_statistics", "generation", "answer", "text")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def min_k(stats: ItemStatistics, *, k: float = 0.4) -> float:
     return -_lowest_fraction_mean(stats.logprobs, k)
 
 
-@register_metric("min_k_plus_plus", inputs=("statistics",))
+@register_metric("min_k_plus_plus", inputs=("distribution_statistics",))
 def min_k_plus_plus(stats: ItemStatistics, *, k: float = 0.4) -> float:
     """Min-K%++ membership score: -(mean of the lowest fraction k of z_t = (lp_t - mu_t) / sigma_t), with mu_t,
     sigma_t the mean and standard deviation of log p under the model's next-token distribution at t (Zhang et
