@@ -331,6 +331,8 @@ def test_evaluate_splits_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
             assert aggregate["n"] == len(values)
             assert aggregate["mean"] == pytest.approx(np.mean(values))
             assert aggregate["std"] == pytest.approx(np.std(values, ddof=1))
+            # Every aggregate carries its bootstrap 95% interval, which brackets the mean.
+            assert min(values) <= aggregate["ci_low"] <= aggregate["mean"] <= aggregate["ci_high"] <= max(values)
     assert result["splits"]["forget"]["items"][2]["subject_id"] == 9
     assert result["splits"]["retain"]["items"][0]["subject_id"] is None
 

@@ -16,8 +16,9 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.data.formatting import encode_qa, format_qa
+from llm_unlearn.evaluation.aggregate import summarize_with_ci
 from llm_unlearn.evaluation.generation import generate_greedy
-from llm_unlearn.evaluation.metrics import Metric, get_metric, summarize
+from llm_unlearn.evaluation.metrics import Metric, get_metric
 from llm_unlearn.evaluation.statistics import compute_item_statistics
 from llm_unlearn.io import write_json_atomic
 
@@ -155,7 +156,9 @@ def _evaluate_split(
         items.append(item)
     return {
         "num_items": len(items),
-        "aggregates": {metric.name: summarize(item[metric.name] for item in items) for metric in metrics},
+        "aggregates": {
+            metric.name: summarize_with_ci(item[metric.name] for item in items) for metric in metrics
+        },
         "items": items,
     }
 
