@@ -108,3 +108,30 @@ def test_recipes_register_as_subcommands_of_a_trl_parser(tmp_path):
         ["--config", str(config), "--output_dir", str(tmp_path)]
     )
     assert training_args.method == "npo" and training_args.method_args["beta"] == 0.1
+
+
+UNLEARN_CONFIGS = sorted(
+    p for p in (CONFIGS / "builtin").glob("*_*.yaml") if p.stem.endswith(("_lora", "_full"))
+)
+
+
+def test_every_method_has_a_config_in_both_modes():
+    from llm_unlearn.methods import METHODS
+
+    shipped = {path.stem for path in UNLEARN_CONFIGS}
+    assert shipped == {f"{method}_{mode}" for method in METHODS for mode in ("lora", "full")}
+
+
+@pytest.mark.parametrize("path", UNLEARN_CONFIGS, ids=lambda p: p.stem)
+def test_every_unlearn_config_trains_a_step(path, tiny_model_dir, tmp_path):
+    """The shipped config itself (data, method, mode, hyperparameters) runs; only the model and length change."""
+    import json
+
+    extra = ["--method_args", '{"layer": 1}'] if path.stem.startswith("rmu") else []
+    args = ["--config", str(path), "--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "1", "--disable_tqdm", "true", *extra]  # fmt: skip
+    out = unlearn.main(*unlearn.make_parser().parse_args_and_config(args))
+    record = json.loads((out / "run.json").read_text())
+    assert record["mode"] == path.stem.rpartition("_")[2]
+    assert record["method"] == path.stem.rpartition("_")[0]
+    assert record["data"]["forget"]["num_examples"] == 16
