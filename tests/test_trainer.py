@@ -8,7 +8,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
 from llm_unlearn.data.formatting import PaddingCollator, encode_qa
-from llm_unlearn.methods import register_method
+from llm_unlearn.methods import METHODS, register_method
 from llm_unlearn.methods.grad_ascent import GradAscentConfig
 from llm_unlearn.methods.logprobs import sequence_nll
 from llm_unlearn.trainer import (
@@ -88,17 +88,25 @@ def test_method_args_from_the_command_line_are_json(tmp_path):
         UnlearnConfig(output_dir=str(tmp_path), method_args="{alpha: 2")
 
 
-@register_method("test_nan_at_step_2", GradAscentConfig)
-def _nan_at_step_2(step, config):
-    """Gradient ascent whose loss turns NaN on the second call: a stand-in for a diverging run."""
-    _nan_at_step_2.calls = getattr(_nan_at_step_2, "calls", 0) + 1
-    nll = sequence_nll(step.logits("forget"), step.labels("forget")).mean()
-    return (-nll if _nan_at_step_2.calls < 2 else nll * float("nan")), {"forget_nll": nll.item()}
+@pytest.fixture
+def diverging_method():
+    """A method whose loss turns NaN on its second call, registered only for the test that uses it."""
+    calls = []
+
+    def nan_at_step_2(step, config):
+        calls.append(1)
+        nll = sequence_nll(step.logits("forget"), step.labels("forget")).mean()
+        return (-nll if len(calls) < 2 else nll * float("nan")), {"forget_nll": nll.item()}
+
+    register_method("test_nan_at_step_2", GradAscentConfig)(nan_at_step_2)
+    yield "test_nan_at_step_2"
+    del METHODS["test_nan_at_step_2"]
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_weights(tiny_model, tiny_tokenizer, tmp_path):
-    _nan_at_step_2.calls = 0
-    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path, method="test_nan_at_step_2")
+def test_nonfinite_loss_stops_and_keeps_the_last_good_weights(
+    tiny_model, tiny_tokenizer, tmp_path, diverging_method
+):
+    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path, method=diverging_method)
     trainer.args.max_steps = 5
     trainer.train()
     after_first = {k: v.clone() for k, v in tiny_model.state_dict().items()}
