@@ -17,6 +17,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def measure(case: str, mode: str, steps: int, batch_size: int) -> dict[str, floa
         people.select(range(batch_size, 2 * batch_size)),
     )
     common = {
-        "output_dir": "/tmp/llm_unlearn_bench", "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
+        "output_dir": tempfile.mkdtemp(prefix="llm_unlearn_bench."), "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
         "per_device_train_batch_size": batch_size, "max_steps": steps + 1, "learning_rate": 1e-5,
         "logging_steps": 10_000, "use_cpu": not cuda, "dataloader_pin_memory": False,
     }  # fmt: skip
