@@ -16,11 +16,27 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.data.formatting import encode_qa, format_qa
+from llm_unlearn.evaluation import aggregate
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
 from llm_unlearn.evaluation.generation import generate_greedy
-from llm_unlearn.evaluation.metrics import Metric, get_metric
+from llm_unlearn.evaluation.metrics import METRICS, Metric, get_metric
 from llm_unlearn.evaluation.statistics import compute_item_statistics
 from llm_unlearn.io import write_json_atomic
+
+# An evaluator-level metric: it scores extra answers per item (paraphrased and perturbed), not the item's own
+# answer, so it has its own teacher-forced pass rather than a per-item registry entry.
+TRUTH_RATIO = "truth_ratio"
+TRUTH_RATIO_COLUMNS = ("paraphrased_answer", "perturbed_answer")
+# Model utility's components per split (REFERENCE.md section 2): two per-item means and the truth-ratio stat.
+_UTILITY_MEANS = ("probability", "rouge_l_recall")
+
+
+def check_metric_names(names: tuple[str, ...]) -> None:
+    """Raise ValueError naming the first unknown metric and listing the known ones."""
+    known = sorted([*METRICS, TRUTH_RATIO])
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown metric {name!r}; known metrics are {known}.")
 
 
 @dataclass
@@ -36,8 +52,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.metrics = tuple(self.metrics)  # YAML and command lines give lists
-        for name in self.metrics:
-            get_metric(name)
+        check_metric_names(self.metrics)
         for field in ("batch_size", "max_new_tokens", "max_length"):
             if getattr(self, field) < 1:
                 raise ValueError(f"EvalConfig.{field} must be at least 1, got {getattr(self, field)}.")
@@ -99,6 +114,68 @@ def _generation(
     )
 
 
+def _truth_ratios(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    config: EvalConfig,
+    split: str,
+) -> list[float | None]:
+    """Per-item truth ratio R (REFERENCE.md section 2) from one teacher-forced pass over every paraphrased and
+    perturbed answer of the split; None for an item without a paraphrased answer or perturbed answers."""
+    missing = [column for column in TRUTH_RATIO_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"split {split!r} lacks the column(s) {missing} that the truth_ratio metric needs; "
+            f"it has {dataset.column_names}."
+        )
+    encoded: list[dict[str, list[int]]] = []
+    # Per scored item: its index and the slice of `encoded` holding its paraphrased then perturbed answers.
+    spans: list[tuple[int, slice]] = []
+    rows = zip(dataset["question"], dataset["paraphrased_answer"], dataset["perturbed_answer"], strict=True)
+    for index, (question, paraphrased, perturbed) in enumerate(rows):
+        if not paraphrased or not perturbed:
+            continue
+        start = len(encoded)
+        encoded.extend(
+            encode_qa(
+                tokenizer,
+                question,
+                answer,
+                template=config.prompt_template,
+                system_prompt=config.system_prompt,
+                max_length=config.max_length,
+            )
+            for answer in [paraphrased, *perturbed]
+        )
+        spans.append((index, slice(start, len(encoded))))
+    if not spans:
+        raise ValueError(
+            f"split {split!r} has no item with both a paraphrased answer and perturbed answers; "
+            f"the truth_ratio metric has nothing to score."
+        )
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    statistics = compute_item_statistics(
+        model,
+        encoded,
+        batch_size=config.batch_size,
+        pad_token_id=pad_token_id,
+        progress=f"{split}: truth ratio",
+    )
+    ratios: list[float | None] = [None] * len(dataset)
+    for index, span in spans:
+        # The mean token log-prob is -NLL, the length-normalised input `aggregate.truth_ratio` expects.
+        paraphrased, *perturbed = (-stats.nll for stats in statistics[span])
+        ratios[index] = aggregate.truth_ratio(paraphrased, perturbed)
+    return ratios
+
+
+def _truth_ratio_stat(split: str, ratios: list[float]) -> dict[str, Any]:
+    """The split's truth-ratio statistic: min(R, 1/R) on `forget`, max(0, 1 - R) elsewhere (REFERENCE.md 2)."""
+    statistic = aggregate.truth_ratio_forget if split == "forget" else aggregate.truth_ratio_retain
+    return {"value": statistic(ratios), "n": len(ratios)}
+
+
 # Inputs served by the teacher-forced pass; distribution statistics come from the same pass when asked for.
 _TEACHER_FORCED = {"statistics", "distribution_statistics"}
 
@@ -137,6 +214,11 @@ def _evaluate_split(
         started = time.perf_counter()
         inputs["generation"] = _generation(model, tokenizer, dataset, config, split)
         timing["generation_s"] += time.perf_counter() - started
+    truth_ratio = TRUTH_RATIO in config.metrics
+    if truth_ratio:
+        started = time.perf_counter()
+        ratios = _truth_ratios(model, tokenizer, dataset, config, split)
+        timing["truth_ratio_s"] += time.perf_counter() - started
 
     items = []
     for index, (subject_id, question, answer) in enumerate(
@@ -153,14 +235,60 @@ def _evaluate_split(
         }
         for metric in metrics:
             item[metric.name] = float(metric.fn(*(inputs[key][index] for key in metric.inputs)))
+        if truth_ratio:
+            item[TRUTH_RATIO] = ratios[index]
         items.append(item)
-    return {
-        "num_items": len(items),
-        "aggregates": {
-            metric.name: summarize_with_ci(item[metric.name] for item in items) for metric in metrics
-        },
-        "items": items,
-    }
+    aggregates = {metric.name: summarize_with_ci(item[metric.name] for item in items) for metric in metrics}
+    if truth_ratio:
+        scored = [ratio for ratio in ratios if ratio is not None]
+        aggregates[TRUTH_RATIO] = summarize_with_ci(scored)
+        aggregates["truth_ratio_stat"] = _truth_ratio_stat(split, scored)
+    return {"num_items": len(items), "aggregates": aggregates, "items": items}
+
+
+def _forget_ratios(splits: Mapping[str, Any], owner: str) -> list[float]:
+    """The per-item forget truth ratios of an eval result's `splits`, or ValueError saying what is missing."""
+    items = splits.get("forget", {}).get("items", [])
+    if not items or any(TRUTH_RATIO not in item for item in items):
+        raise ValueError(
+            f"the {owner} has no per-item truth ratios on a 'forget' split; evaluate it with the "
+            f"truth_ratio metric on the forget split."
+        )
+    return [item[TRUTH_RATIO] for item in items if item[TRUTH_RATIO] is not None]
+
+
+def _forget_quality(splits: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Forget quality against the retain model's eval result `reference` (REFERENCE.md section 2), or why not."""
+    if reference is None:
+        return {"value": None, "reason": "no reference eval given (pass --reference_eval retain/eval.json)"}
+    if "forget" not in splits:
+        return {"value": None, "reason": "no 'forget' split was evaluated"}
+    ratios = _forget_ratios(splits, "evaluated model")
+    reference_ratios = _forget_ratios(reference.get("splits", {}), "reference eval")
+    if len(ratios) != len(reference_ratios):
+        raise ValueError(
+            f"forget quality compares the same forget items, but this eval has {len(ratios)} forget truth "
+            f"ratios and the reference eval {len(reference_ratios)}; evaluate both on the same items."
+        )
+    return {"value": aggregate.forget_quality(ratios, reference_ratios), "n": len(ratios)}
+
+
+def _model_utility(splits: Mapping[str, Any]) -> dict[str, Any]:
+    """Model utility over every non-forget split with all its components (REFERENCE.md section 2), or why not."""
+    inputs: dict[str, float] = {}
+    for split, result in splits.items():
+        aggregates = result["aggregates"]
+        if split == "forget" or not all(name in aggregates for name in (*_UTILITY_MEANS, "truth_ratio_stat")):
+            continue
+        inputs.update({f"{split}/{name}": aggregates[name]["mean"] for name in _UTILITY_MEANS})
+        inputs[f"{split}/truth_ratio_stat"] = aggregates["truth_ratio_stat"]["value"]
+    if not inputs:
+        return {
+            "value": None,
+            "reason": "no non-forget split has probability, rouge_l_recall and truth_ratio_stat "
+            "(evaluate probability, rouge_l_recall and truth_ratio on a retain split)",
+        }
+    return {"value": aggregate.model_utility(inputs), "inputs": inputs}
 
 
 def evaluate_splits(
@@ -168,20 +296,38 @@ def evaluate_splits(
     tokenizer: PreTrainedTokenizerBase,
     splits: Mapping[str, Dataset],
     config: EvalConfig,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on each QA split (`question`, `answer`, optional `subject_id`) with `config.metrics`;
-    return a JSON-serialisable dict with the config, per-split aggregates and items, and pass timings."""
-    metrics = [get_metric(name) for name in config.metrics]
+    """Evaluate `model` on each QA split (`question`, `answer`, optional `subject_id`; `paraphrased_answer` and
+    `perturbed_answer` for truth_ratio) with `config.metrics`; return a JSON-serialisable dict with the config,
+    per-split aggregates and items, pass timings and, with truth_ratio, a summary of forget quality against
+    `reference` (the retain model's saved eval result) and model utility."""
+    check_metric_names(config.metrics)
+    truth_ratio = TRUTH_RATIO in config.metrics
+    if reference is not None and not truth_ratio:
+        raise ValueError(
+            "a reference eval is only used for forget quality, which needs the truth_ratio metric."
+        )
+    metrics = [get_metric(name) for name in config.metrics if name != TRUTH_RATIO]
     timing = {"forward_s": 0.0, "generation_s": 0.0}
+    if truth_ratio:
+        timing["truth_ratio_s"] = 0.0
     results = {
         split: _evaluate_split(model, tokenizer, split, dataset, metrics, config, timing)
         for split, dataset in splits.items()
     }
-    return {
+    result = {
         "config": {**dataclasses.asdict(config), "metrics": list(config.metrics)},
         "splits": results,
         "timing": timing,
     }
+    if truth_ratio:
+        # Both suite-level numbers need truth ratios, so the summary exists only when they were computed.
+        result["summary"] = {
+            "forget_quality": _forget_quality(results, reference),
+            "model_utility": _model_utility(results),
+        }
+    return result
 
 
 def save_eval(result: Mapping[str, Any], path: str | os.PathLike) -> Path:

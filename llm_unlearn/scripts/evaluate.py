@@ -14,7 +14,7 @@ from trl import TrlParser
 
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.loading import load_records
-from llm_unlearn.evaluation import EvalConfig, evaluate_splits, save_eval
+from llm_unlearn.evaluation import EvalConfig, evaluate_splits, load_eval, save_eval
 from llm_unlearn.models import load_model_and_tokenizer
 
 SPLITS = ("forget", "retain", "holdout")
@@ -43,6 +43,10 @@ class EvalScriptArguments(DataArguments):
     seed: int = 42
     dtype: str = "float32"
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing eval.json."})
+    reference_eval: str | None = field(
+        default=None,
+        metadata={"help": "The retain model's eval.json (with truth_ratio), for forget quality."},
+    )
 
     def __post_init__(self) -> None:
         if self.model_name_or_path is None or self.output_dir is None:
@@ -76,6 +80,12 @@ def main(script_args: EvalScriptArguments) -> Path:
     path = Path(script_args.output_dir) / "eval.json"
     if path.exists() and not script_args.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    reference = None
+    if script_args.reference_eval is not None:
+        # Checked before loading any model or data, so a wrong path fails at once.
+        if not Path(script_args.reference_eval).is_file():
+            raise FileNotFoundError(f"--reference_eval {script_args.reference_eval} does not exist.")
+        reference = load_eval(script_args.reference_eval)
     started = time.perf_counter()
     split = script_args.load_split()
     available = {"forget": split.forget, "retain": split.retain, "holdout": split.holdout}
@@ -86,7 +96,7 @@ def main(script_args: EvalScriptArguments) -> Path:
         name: sample(data, script_args.max_items, script_args.seed) for name, data in datasets.items()
     }
     model, tokenizer = load_model_and_tokenizer(script_args.model_name_or_path, dtype=script_args.dtype)
-    result = evaluate_splits(model, tokenizer, datasets, script_args.eval_config())
+    result = evaluate_splits(model, tokenizer, datasets, script_args.eval_config(), reference=reference)
     result["model"] = script_args.model_name_or_path
     result["wall_time_s"] = time.perf_counter() - started
     return save_eval(result, path)
