@@ -8,6 +8,7 @@ from `accelerate launch recipes/... --config configs/builtin/...`.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,12 @@ MODES = ("lora", "full")
 # 20% of the target's retain probability.
 MAX_FORGET_RATIO = 0.5
 MAX_RETAIN_CHANGE = 0.2
-SHORT_METRIC_NAMES = {"probability": "prob", "rouge_l_recall": "ROUGE-L"}
+SHORT_METRIC_NAMES = {"probability": "prob", "rouge_l_recall": "ROUGE-L", "truth_ratio_stat": "TR"}
+# What the printed table shows; demo.json keeps every number.
+TABLE_COLUMNS = (
+    "forget/probability", "forget/rouge_l_recall", "forget/truth_ratio_stat", "retain/probability",
+    "retain/rouge_l_recall", "world_facts/probability", "suite/forget_quality", "suite/model_utility",
+)  # fmt: skip
 
 
 @dataclass
@@ -108,16 +114,20 @@ def _timed(phases: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
 
 
 def summary_row(eval_result: dict[str, Any]) -> dict[str, float]:
-    """The table's numbers for one model: mean probability and ROUGE-L recall per split."""
+    """One model's numbers: the mean of each per-split metric, and the suite-level summary values."""
     row = {}
     for split, values in eval_result["splits"].items():
         for metric, aggregate in values["aggregates"].items():
-            row[f"{split}/{metric}"] = aggregate["mean"]
+            row[f"{split}/{metric}"] = aggregate["mean"] if "mean" in aggregate else aggregate["value"]
+    for name, value in eval_result.get("summary", {}).items():
+        row[f"suite/{name}"] = math.nan if value.get("value") is None else value["value"]
     return row
 
 
 def _short(column: str) -> str:
     split, metric = column.split("/")
+    if split == "suite":
+        return metric.replace("_", " ")
     return f"{split} {SHORT_METRIC_NAMES.get(metric, metric)}"
 
 
@@ -183,18 +193,22 @@ def main(args: DemoArguments) -> dict[str, Any]:
         unlearn_flags += ["--num_train_epochs", str(args.unlearn_epochs)]
     eval_flags = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
     rows, seconds = {}, {}
-    for name in dirs:
+    # The retain model is evaluated first: its per-item truth ratios are the reference for forget quality.
+    for name in ("retain", "target", *unlearned):
+        reference = [] if name == "retain" else ["--reference_eval", str(dirs["retain"] / "eval.json")]
         if name in unlearned:
             phase = f"unlearn_{name}" if len(methods) > 1 else "unlearn"
             recipe(phase, unlearn, args.unlearn_config(unlearned[name]), "--method", unlearned[name],
                    "--output_dir", str(dirs[name]), *unlearn_flags)  # fmt: skip
             seconds[name] = phases[phase]
         path = recipe(f"eval_{name}", evaluate, args.config("eval"), "--model_name_or_path", str(dirs[name]),
-                      "--output_dir", str(dirs[name]), "--overwrite", "true", *eval_flags)  # fmt: skip
+                      "--output_dir", str(dirs[name]), "--overwrite", "true", *reference, *eval_flags)  # fmt: skip
         rows[name] = summary_row(load_eval(path))
+    rows = {name: rows[name] for name in dirs}
     checks = {name: check_forgetting(rows["target"], rows[name]) for name in unlearned}
     seconds.update({name: phases[f"finetune_{name}"] for name in ("target", "retain")})
-    table = format_table(rows, phases, seconds)
+    table = format_table({name: {c: row[c] for c in TABLE_COLUMNS if c in row} for name, row in rows.items()},
+                         phases, seconds)  # fmt: skip
     summary = {
         "models": {name: str(path) for name, path in dirs.items()},
         "methods": unlearned,
