@@ -62,6 +62,20 @@ def _column(dataset: Dataset, name: str) -> list[Any]:
     return list(dataset[name]) if name in dataset.column_names else [None] * len(dataset)
 
 
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, config: EvalConfig, question: str, answer: str
+) -> dict[str, list[int]]:
+    # encode_qa gives the exact token layout that training sees (prompt masked, answer scored).
+    return encode_qa(
+        tokenizer,
+        question,
+        answer,
+        template=config.prompt_template,
+        system_prompt=config.system_prompt,
+        max_length=config.max_length,
+    )
+
+
 def _teacher_forced(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -70,16 +84,8 @@ def _teacher_forced(
     split: str,
     distribution_stats: bool = False,
 ) -> list[Any]:
-    # encode_qa gives the exact token layout that training sees (prompt masked, answer scored).
     encoded = [
-        encode_qa(
-            tokenizer,
-            question,
-            answer,
-            template=config.prompt_template,
-            system_prompt=config.system_prompt,
-            max_length=config.max_length,
-        )
+        _encode(tokenizer, config, question, answer)
         for question, answer in zip(_column(dataset, "question"), _column(dataset, "answer"), strict=True)
     ]
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -137,17 +143,7 @@ def _truth_ratios(
         if not paraphrased or not perturbed:
             continue
         start = len(encoded)
-        encoded.extend(
-            encode_qa(
-                tokenizer,
-                question,
-                answer,
-                template=config.prompt_template,
-                system_prompt=config.system_prompt,
-                max_length=config.max_length,
-            )
-            for answer in [paraphrased, *perturbed]
-        )
+        encoded.extend(_encode(tokenizer, config, question, answer) for answer in [paraphrased, *perturbed])
         spans.append((index, slice(start, len(encoded))))
     if not spans:
         raise ValueError(
