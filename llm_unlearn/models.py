@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -222,14 +221,3 @@ def load_from_args(model_args: ModelArguments) -> tuple[PreTrainedModel, PreTrai
         trust_remote_code=model_args.trust_remote_code,
         revision=model_args.model_revision,
     )
-
-
-def is_adapter_dir(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory holding a PEFT adapter."""
-    return (Path(path) / ADAPTER_CONFIG).is_file()
-
-
-def model_config_of(name_or_path: str) -> AutoConfig:
-    """The transformers config of a model without loading its weights (embedded alias resolved)."""
-    source = str(embedded_checkpoint()) if name_or_path == EMBEDDED else name_or_path
-    return AutoConfig.from_pretrained(source)
