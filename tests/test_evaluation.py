@@ -283,7 +283,7 @@ def test_evaluate_splits_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
     splits = _splits()
     result = evaluate_splits(tiny_model, tiny_tokenizer, splits, config)
 
-    assert set(result) == {"config", "splits", "timing"}
+    assert set(result) == {"config", "splits", "summary", "timing"}
     assert result["config"]["metrics"] == ["probability", "rouge_l_recall", "rouge_l_f1"]
     assert result["config"]["max_new_tokens"] == 8
     assert set(result["timing"]) == {"forward_s", "generation_s"}
@@ -348,7 +348,7 @@ def test_only_the_passes_the_metrics_need_are_run(tiny_model, tiny_tokenizer, mo
     result = evaluate_splits(tiny_model, tiny_tokenizer, _splits(), EvalConfig(metrics=("probability",)))
     items = result["splits"]["forget"]["items"]
     assert all(item["generation"] is None and "rouge_l_recall" not in item for item in items)
-    assert result["timing"]["generation_s"] == 0.0
+    assert "generation_s" not in result["timing"]
     assert set(result["splits"]["forget"]["aggregates"]) == {"probability"}
 
     monkeypatch.undo()
@@ -357,8 +357,8 @@ def test_only_the_passes_the_metrics_need_are_run(tiny_model, tiny_tokenizer, mo
         tiny_model, tiny_tokenizer, _splits(), EvalConfig(metrics=("rouge_l_recall",), max_new_tokens=4)
     )
     items = result["splits"]["retain"]["items"]
-    assert all(item["num_answer_tokens"] is None and isinstance(item["generation"], str) for item in items)
-    assert result["timing"]["forward_s"] == 0.0
+    assert all(item["num_answer_tokens"] > 0 and isinstance(item["generation"], str) for item in items)
+    assert "forward_s" not in result["timing"]
 
 
 def test_metrics_declare_their_inputs():
@@ -374,5 +374,5 @@ def test_unknown_metric_and_missing_columns_are_clear_errors(tiny_model, tiny_to
     with pytest.raises(ValueError, match="unknown metric 'nope'"):
         evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config)
     bad = {"forget": Dataset.from_dict({"question": ["q?"], "text": ["t"]})}
-    with pytest.raises(ValueError, match=r"split 'forget' lacks the column\(s\) \['answer'\]"):
+    with pytest.raises(ValueError, match=r"split 'forget' \(format 'qa'\) lacks the column\(s\) \['answer'\]"):
         evaluate_splits(tiny_model, tiny_tokenizer, bad, EvalConfig(metrics=("probability",)))

@@ -25,6 +25,7 @@ from llm_unlearn.evaluation.aggregate import (
     roc_auc,
     roc_auc_batched,
     roc_curve,
+    summarize,
     summarize_with_ci,
     truth_ratio,
     truth_ratio_forget,
@@ -39,7 +40,6 @@ from llm_unlearn.evaluation.metrics import (
     loss,
     min_k,
     min_k_plus_plus,
-    summarize,
     zlib,
 )
 from llm_unlearn.evaluation.statistics import ItemStatistics, compute_item_statistics

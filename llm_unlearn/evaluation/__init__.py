@@ -1,5 +1,6 @@
 """Evaluation: one teacher-forced pass per item, batched greedy generation, and metrics derived from them."""
 
+from llm_unlearn.evaluation.aggregate import summarize
 from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_splits, load_eval, save_eval
 from llm_unlearn.evaluation.generation import generate_greedy, greedy_generation_config
 from llm_unlearn.evaluation.metrics import (
@@ -10,7 +11,6 @@ from llm_unlearn.evaluation.metrics import (
     register_metric,
     rouge_l_f1,
     rouge_l_recall,
-    summarize,
 )
 from llm_unlearn.evaluation.statistics import ItemStatistics, compute_item_statistics
 

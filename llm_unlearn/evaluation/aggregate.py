@@ -12,8 +12,6 @@ from typing import Literal
 import numpy as np
 from scipy import special, stats
 
-from llm_unlearn.evaluation.metrics import summarize
-
 Values = Sequence[float] | np.ndarray
 
 
@@ -258,10 +256,21 @@ def bootstrap_ci_two_sample(
     return _percentile_interval(resampled, n_resamples, confidence)
 
 
+def summarize(values: Iterable[float]) -> dict[str, float | int]:
+    """Aggregate per-item values: mean, count and sample standard deviation (ddof=1; NaN when undefined)."""
+    array = np.asarray(list(values), dtype=np.float64)
+    n = int(array.size)
+    return {
+        "mean": float(array.mean()) if n else math.nan,
+        "n": n,
+        "std": float(array.std(ddof=1)) if n > 1 else math.nan,
+    }
+
+
 def summarize_with_ci(
     values: Iterable[float], *, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
 ) -> dict[str, float | int]:
-    """`metrics.summarize` (mean, n, sample std) plus the percentile-bootstrap interval of the mean as `ci_low`
+    """`summarize` (mean, n, sample std) plus the percentile-bootstrap interval of the mean as `ci_low`
     and `ci_high` (REFERENCE.md section 3); NaN bounds when there is no value or a NaN value."""
     array = np.asarray(list(values), dtype=np.float64)
     summary = summarize(array)

@@ -1,5 +1,7 @@
-"""Evaluate a model on QA splits: each pass the requested metrics need runs once, every metric is derived
-from the passes' per-item outputs, and the result is per-item JSON with aggregates and timings."""
+"""Evaluate a model on named splits: each pass the requested metrics need runs once per item (teacher forcing,
+answer groups, generation, gradients), every metric is derived from the passes' per-item outputs, and the
+result is per-item JSON with aggregates, membership inference, the suite-level summary, robustness attacks and
+timings. Every pass splits its items across processes under `accelerate launch` / `torchrun`."""
 
 from __future__ import annotations
 
@@ -7,41 +9,59 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_unlearn.data.formatting import encode_qa, format_qa
-from llm_unlearn.evaluation import aggregate
+from llm_unlearn.evaluation import aggregate, membership
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
+from llm_unlearn.evaluation.distributed import map_items
 from llm_unlearn.evaluation.generation import generate_greedy
-from llm_unlearn.evaluation.metrics import METRICS, Metric, get_metric
+from llm_unlearn.evaluation.gradients import gradient_norms
+from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items
+from llm_unlearn.evaluation.metrics import AnswerGroupStatistics, Metric, get_metric
 from llm_unlearn.evaluation.statistics import compute_item_statistics
 from llm_unlearn.io import write_json_atomic
 
-# An evaluator-level metric: it scores extra answers per item (paraphrased and perturbed), not the item's own
-# answer, so it has its own teacher-forced pass rather than a per-item registry entry.
 TRUTH_RATIO = "truth_ratio"
-TRUTH_RATIO_COLUMNS = ("paraphrased_answer", "perturbed_answer")
-# Model utility's components per split (REFERENCE.md section 2): two per-item means and the truth-ratio stat.
-_UTILITY_MEANS = ("probability", "rouge_l_recall")
+# TOFU's model utility components per split (REFERENCE.md section 2), used when a suite names none.
+DEFAULT_UTILITY = ("probability", "rouge_l_recall", "truth_ratio_stat")
 
 
-def check_metric_names(names: tuple[str, ...]) -> None:
+def check_metric_names(names: Sequence[str]) -> None:
     """Raise ValueError naming the first unknown metric and listing the known ones."""
-    known = sorted([*METRICS, TRUTH_RATIO])
     for name in names:
-        if name not in known:
-            raise ValueError(f"unknown metric {name!r}; known metrics are {known}.")
+        get_metric(name)
+
+
+@dataclass
+class SplitConfig:
+    """How one split is evaluated, where it differs from the defaults of `EvalConfig`."""
+
+    metrics: tuple[str, ...] | None = None  # None: EvalConfig.metrics
+    format: str = "qa"  # see llm_unlearn.evaluation.items
+    max_new_tokens: int | None = None  # None: EvalConfig.max_new_tokens
+    stop_strings: tuple[str, ...] = ()
+    fewshot: tuple[tuple[str, str], ...] = ()  # (question, answer) shots of a `fewshot_qa` split
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None:
+            self.metrics = tuple(self.metrics)
+            check_metric_names(self.metrics)
+        if self.format not in FORMATS:
+            raise ValueError(f"split format {self.format!r} is not known; use one of {FORMATS}.")
+        self.stop_strings = tuple(self.stop_strings)
+        self.fewshot = tuple(tuple(shot) for shot in self.fewshot)
 
 
 @dataclass
 class EvalConfig:
-    """What to compute and how: metric names, batching, generation length and prompt formatting."""
+    """What to compute and how: metrics per split, batching, generation, prompt formatting, membership
+    inference, the summary's components and robustness attacks."""
 
     metrics: tuple[str, ...] = ("probability", "rouge_l_recall")
     batch_size: int = 16
@@ -49,218 +69,244 @@ class EvalConfig:
     max_length: int = 512
     prompt_template: str = "auto"
     system_prompt: str | None = None
+    splits: dict[str, SplitConfig] = field(default_factory=dict)
+    # {"members": split, "nonmembers": split, "scores": [...]}: membership inference (REFERENCE.md section 3).
+    mia: dict[str, Any] | None = None
+    privleak_score: str = "min_k"  # MUSE's Min-40%
+    # Model utility's components: split -> aggregate names; None: DEFAULT_UTILITY on every non-forget split.
+    utility: dict[str, list[str]] | None = None
+    forget_split: str = "forget"
+    retain_split: str = "retain"
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # attack name -> parameter overrides
+    attack_metrics: tuple[str, ...] = ("probability", "rouge_l_recall")
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        self.metrics = tuple(self.metrics)  # YAML and command lines give lists
-        check_metric_names(self.metrics)
-        for field in ("batch_size", "max_new_tokens", "max_length"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"EvalConfig.{field} must be at least 1, got {getattr(self, field)}.")
+        self.metrics = tuple(self.metrics)
+        self.attack_metrics = tuple(self.attack_metrics)
+        check_metric_names(self.metrics + self.attack_metrics)
+        self.splits = {
+            name: spec if isinstance(spec, SplitConfig) else SplitConfig(**spec)
+            for name, spec in self.splits.items()
+        }
+        for name in ("batch_size", "max_new_tokens", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.mia is not None:
+            missing = [key for key in ("members", "nonmembers", "scores") if key not in self.mia]
+            if missing:
+                raise ValueError(
+                    f"EvalConfig.mia lacks {missing}; give {{'members': 'forget', 'nonmembers': 'holdout', "
+                    f"'scores': {list(membership.MIA_SCORES)}}}."
+                )
+            membership.check_scores(self.mia["scores"])
+        if self.attacks:
+            from llm_unlearn.evaluation.attacks import get_attack
+
+            for name in self.attacks:
+                get_attack(name)
+
+    def split_config(self, split: str) -> SplitConfig:
+        """The split's settings; a split an attack derives from the forget split (`forget_rest`) is measured
+        like the forget split."""
+        if split in self.splits:
+            return self.splits[split]
+        if split.startswith(f"{self.forget_split}_") and self.forget_split in self.splits:
+            return self.splits[self.forget_split]
+        return SplitConfig()
+
+    def split_metrics(self, split: str) -> tuple[str, ...]:
+        """The metrics of `split`, plus those its role in membership inference needs."""
+        metrics = self.split_config(split).metrics or self.metrics
+        if self.mia is not None and split in (self.mia["members"], self.mia["nonmembers"]):
+            metrics += tuple(
+                name for name in membership.metrics_for(self.mia["scores"]) if name not in metrics
+            )
+        return metrics
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _answer_groups(
+    model: PreTrainedModel, items: Sequence[EvalItem], config: EvalConfig, pad_token_id: int,
+    distribution_stats: bool, progress: str,
+) -> list[AnswerGroupStatistics]:  # fmt: skip
+    """Each item's answer, paraphrased answer and perturbed answers scored in one teacher-forced pass."""
+    encoded, spans = [], []
+    for item in items:
+        start = len(encoded)
+        answers = [
+            item.answer_ids,
+            *([item.paraphrased_ids] if item.paraphrased_ids else []),
+            *item.perturbed_ids,
+        ]
+        encoded.extend(
+            {"input_ids": item.prompt_ids + answer, "labels": [-100] * len(item.prompt_ids) + answer}
+            for answer in answers
+        )
+        spans.append((start, item.paraphrased_ids is not None, len(encoded)))
+    statistics = compute_item_statistics(
+        model, encoded, batch_size=config.batch_size, pad_token_id=pad_token_id, progress=progress,
+        distribution_stats=distribution_stats,
+    )  # fmt: skip
+    groups = []
+    for start, has_paraphrase, end in spans:
+        answer, *rest = statistics[start:end]
+        paraphrased = rest.pop(0) if has_paraphrase else None
+        groups.append(AnswerGroupStatistics(answer=answer, paraphrased=paraphrased, perturbed=tuple(rest)))
+    return groups
+
+
+def _timed(timing: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    value = work()
+    timing[name] = timing.get(name, 0.0) + time.perf_counter() - started
+    return value
+
+
+def _split_inputs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    split: str,
+    items: list[EvalItem],
+    metrics: list[Metric],
+    config: EvalConfig,
+    timing: dict[str, float],
+) -> dict[str, list[Any]]:
+    """Run each pass that `metrics` need once over `items`; return the per-item inputs by name."""
+    needed = {key for metric in metrics for key in metric.inputs}
+    spec = config.split_config(split)
+    pad_token_id = _pad_token_id(tokenizer)
+    distribution_stats = "distribution_statistics" in needed
+    inputs: dict[str, list[Any]] = {
+        "answer": [item.reference for item in items],
+        "text": [item.text for item in items],
+    }
+    if "answer_group" in needed:
+        groups = _timed(timing, "answer_groups_s", lambda: map_items(
+            lambda part: _answer_groups(model, part, config, pad_token_id, distribution_stats, f"{split}: answers"),
+            items,
+        ))  # fmt: skip
+        inputs["answer_group"] = groups
+        inputs["statistics"] = inputs["distribution_statistics"] = [group.answer for group in groups]
+    elif needed & {"statistics", "distribution_statistics"}:
+        statistics = _timed(timing, "forward_s", lambda: map_items(
+            lambda part: compute_item_statistics(
+                model, [item.encoded() for item in part], batch_size=config.batch_size,
+                pad_token_id=pad_token_id, progress=f"{split}: forward", distribution_stats=distribution_stats,
+            ),
+            items,
+        ))  # fmt: skip
+        inputs["statistics"] = inputs["distribution_statistics"] = statistics
+    if "generation" in needed:
+        if any(item.prompt is None for item in items):
+            raise ValueError(
+                f"split {split!r} has format {spec.format!r}, which has no prompt to generate from; drop the "
+                f"generation metrics ({[m.name for m in metrics if 'generation' in m.inputs]}) from it."
+            )
+        inputs["generation"] = _timed(timing, "generation_s", lambda: map_items(
+            lambda part: generate_greedy(
+                model, tokenizer, [item.prompt for item in part],
+                max_new_tokens=spec.max_new_tokens or config.max_new_tokens, batch_size=config.batch_size,
+                stop_strings=spec.stop_strings, progress=f"{split}: generate",
+            ),
+            items,
+        ))  # fmt: skip
+    if "gradient_norm" in needed:
+        inputs["gradient_norm"] = _timed(timing, "gradnorm_s", lambda: map_items(
+            lambda part: gradient_norms(model, [item.encoded() for item in part], progress=f"{split}: gradnorm"),
+            items,
+        ))  # fmt: skip
+    return inputs
 
 
 def _column(dataset: Dataset, name: str) -> list[Any]:
     return list(dataset[name]) if name in dataset.column_names else [None] * len(dataset)
 
 
-def _encode(
-    tokenizer: PreTrainedTokenizerBase, config: EvalConfig, question: str, answer: str
-) -> dict[str, list[int]]:
-    # encode_qa gives the exact token layout that training sees (prompt masked, answer scored).
-    return encode_qa(
-        tokenizer,
-        question,
-        answer,
-        template=config.prompt_template,
-        system_prompt=config.system_prompt,
-        max_length=config.max_length,
-    )
+def _truth_ratio_stat(split: str, config: EvalConfig, ratios: list[float]) -> dict[str, Any]:
+    """The split's truth-ratio statistic: min(R, 1/R) on the forget split, max(0, 1 - R) elsewhere."""
+    statistic = aggregate.truth_ratio_forget if split == config.forget_split else aggregate.truth_ratio_retain
+    return {"value": statistic(ratios) if ratios else None, "n": len(ratios)}
 
 
-def _teacher_forced(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    dataset: Dataset,
-    config: EvalConfig,
-    split: str,
-    distribution_stats: bool = False,
-) -> list[Any]:
-    encoded = [
-        _encode(tokenizer, config, question, answer)
-        for question, answer in zip(_column(dataset, "question"), _column(dataset, "answer"), strict=True)
-    ]
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return compute_item_statistics(
-        model,
-        encoded,
-        batch_size=config.batch_size,
-        pad_token_id=pad_token_id,
-        progress=f"{split}: forward",
-        distribution_stats=distribution_stats,
-    )
-
-
-def _generation(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    dataset: Dataset,
-    config: EvalConfig,
-    split: str,
-) -> list[Any]:
-    prompts = [
-        format_qa(tokenizer, question, template=config.prompt_template, system_prompt=config.system_prompt)[0]
-        for question in _column(dataset, "question")
-    ]
-    return generate_greedy(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        progress=f"{split}: generate",
-    )
-
-
-def _truth_ratios(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    dataset: Dataset,
-    config: EvalConfig,
-    split: str,
-) -> list[float | None]:
-    """Per-item truth ratio R (REFERENCE.md section 2) from one teacher-forced pass over every paraphrased and
-    perturbed answer of the split; None for an item without a paraphrased answer or perturbed answers."""
-    missing = [column for column in TRUTH_RATIO_COLUMNS if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"split {split!r} lacks the column(s) {missing} that the truth_ratio metric needs; "
-            f"it has {dataset.column_names}."
-        )
-    encoded: list[dict[str, list[int]]] = []
-    # Per scored item: its index and the slice of `encoded` holding its paraphrased then perturbed answers.
-    spans: list[tuple[int, slice]] = []
-    rows = zip(dataset["question"], dataset["paraphrased_answer"], dataset["perturbed_answer"], strict=True)
-    for index, (question, paraphrased, perturbed) in enumerate(rows):
-        if not paraphrased or not perturbed:
-            continue
-        start = len(encoded)
-        encoded.extend(_encode(tokenizer, config, question, answer) for answer in [paraphrased, *perturbed])
-        spans.append((index, slice(start, len(encoded))))
-    if not spans:
-        raise ValueError(
-            f"split {split!r} has no item with both a paraphrased answer and perturbed answers; "
-            f"the truth_ratio metric has nothing to score."
-        )
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    statistics = compute_item_statistics(
-        model,
-        encoded,
-        batch_size=config.batch_size,
-        pad_token_id=pad_token_id,
-        progress=f"{split}: truth ratio",
-    )
-    ratios: list[float | None] = [None] * len(dataset)
-    for index, span in spans:
-        # The mean token log-prob is -NLL, the length-normalised input `aggregate.truth_ratio` expects.
-        paraphrased, *perturbed = (-stats.nll for stats in statistics[span])
-        ratios[index] = aggregate.truth_ratio(paraphrased, perturbed)
-    return ratios
-
-
-def _truth_ratio_stat(split: str, ratios: list[float]) -> dict[str, Any]:
-    """The split's truth-ratio statistic: min(R, 1/R) on `forget`, max(0, 1 - R) elsewhere (REFERENCE.md 2)."""
-    statistic = aggregate.truth_ratio_forget if split == "forget" else aggregate.truth_ratio_retain
-    return {"value": statistic(ratios), "n": len(ratios)}
-
-
-# Inputs served by the teacher-forced pass; distribution statistics come from the same pass when asked for.
-_TEACHER_FORCED = {"statistics", "distribution_statistics"}
-
-
-def _evaluate_split(
+def evaluate_split(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     split: str,
     dataset: Dataset,
-    metrics: list[Metric],
     config: EvalConfig,
-    timing: dict[str, float],
+    metric_names: Sequence[str] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    missing = [column for column in ("question", "answer") if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"split {split!r} lacks the column(s) {missing}; a QA split needs 'question' and 'answer' "
-            f"(and optionally 'subject_id'); it has {dataset.column_names}."
-        )
-    questions, answers = _column(dataset, "question"), _column(dataset, "answer")
-    # zlib's text: the question and the answer, without the chat template, whose fixed markup would
-    # dominate the compressed length of short items.
-    inputs: dict[str, list[Any]] = {
-        "answer": answers,
-        "text": [f"{question} {answer}" for question, answer in zip(questions, answers, strict=True)],
-    }
-    needed = {key for metric in metrics for key in metric.inputs}
-    if needed & _TEACHER_FORCED:
-        started = time.perf_counter()
-        statistics = _teacher_forced(
-            model, tokenizer, dataset, config, split, distribution_stats="distribution_statistics" in needed
-        )
-        inputs["statistics"] = inputs["distribution_statistics"] = statistics
-        timing["forward_s"] += time.perf_counter() - started
-    if "generation" in needed:
-        started = time.perf_counter()
-        inputs["generation"] = _generation(model, tokenizer, dataset, config, split)
-        timing["generation_s"] += time.perf_counter() - started
-    truth_ratio = TRUTH_RATIO in config.metrics
-    if truth_ratio:
-        started = time.perf_counter()
-        ratios = _truth_ratios(model, tokenizer, dataset, config, split)
-        timing["truth_ratio_s"] += time.perf_counter() - started
-
-    items = []
-    for index, (subject_id, question, answer) in enumerate(
-        zip(_column(dataset, "subject_id"), questions, answers, strict=True)
+    """Evaluate one split with `metric_names` (default: the split's metrics in `config`); return its per-item
+    values and their aggregates (mean, n, bootstrap 95% interval)."""
+    timing = {} if timing is None else timing
+    spec = config.split_config(split)
+    metrics = [get_metric(name) for name in (metric_names or config.split_metrics(split))]
+    items = build_items(
+        split, dataset, tokenizer, data_format=spec.format, template=config.prompt_template,
+        system_prompt=config.system_prompt, max_length=config.max_length, fewshot=spec.fewshot,
+    )  # fmt: skip
+    if any(name == TRUTH_RATIO for name in (m.name for m in metrics)) and not any(
+        i.perturbed_ids for i in items
     ):
-        stats = inputs["statistics"][index] if "statistics" in inputs else None
-        item = {
+        raise ValueError(
+            f"split {split!r} has no item with perturbed answers (column 'perturbed_answer'); the truth_ratio "
+            f"metric has nothing to score. Its columns are {dataset.column_names}."
+        )
+    inputs = _split_inputs(model, tokenizer, split, items, metrics, config, timing)
+    subject_ids = _column(dataset, "subject_id")
+    questions = _column(dataset, "question" if "question" in dataset.column_names else "prompt")
+    records = []
+    for index, item in enumerate(items):
+        statistics = inputs["statistics"][index] if "statistics" in inputs else None
+        record = {
             "index": index,
-            "subject_id": subject_id,
-            "question": question,
-            "answer": answer,
+            "subject_id": subject_ids[index],
+            "question": questions[index],
+            "answer": item.reference,
             "generation": inputs["generation"][index] if "generation" in inputs else None,
-            "num_answer_tokens": stats.num_tokens if stats is not None else None,
+            "num_answer_tokens": statistics.num_tokens if statistics is not None else len(item.answer_ids),
         }
         for metric in metrics:
-            item[metric.name] = float(metric.fn(*(inputs[key][index] for key in metric.inputs)))
-        if truth_ratio:
-            item[TRUTH_RATIO] = ratios[index]
-        items.append(item)
-    aggregates = {metric.name: summarize_with_ci(item[metric.name] for item in items) for metric in metrics}
-    if truth_ratio:
-        scored = [ratio for ratio in ratios if ratio is not None]
-        aggregates[TRUTH_RATIO] = summarize_with_ci(scored)
-        aggregates["truth_ratio_stat"] = _truth_ratio_stat(split, scored)
-    return {"num_items": len(items), "aggregates": aggregates, "items": items}
+            value = metric.fn(*(inputs[key][index] for key in metric.inputs))
+            record[metric.name] = None if value is None else float(value)
+        records.append(record)
+    aggregates = {
+        metric.name: summarize_with_ci(r[metric.name] for r in records if r[metric.name] is not None)
+        for metric in metrics
+    }
+    if TRUTH_RATIO in aggregates:
+        ratios = [r[TRUTH_RATIO] for r in records if r[TRUTH_RATIO] is not None]
+        aggregates["truth_ratio_stat"] = _truth_ratio_stat(split, config, ratios)
+    return {"num_items": len(records), "format": spec.format, "aggregates": aggregates, "items": records}
 
 
-def _forget_ratios(splits: Mapping[str, Any], owner: str) -> list[float]:
-    """The per-item forget truth ratios of an eval result's `splits`, or ValueError saying what is missing."""
-    items = splits.get("forget", {}).get("items", [])
+def _forget_ratios(splits: Mapping[str, Any], split: str, owner: str) -> list[float]:
+    """The per-item truth ratios of `split` in an eval result's `splits`, or ValueError saying what is missing."""
+    items = splits.get(split, {}).get("items", [])
     if not items or any(TRUTH_RATIO not in item for item in items):
         raise ValueError(
-            f"the {owner} has no per-item truth ratios on a 'forget' split; evaluate it with the "
-            f"truth_ratio metric on the forget split."
+            f"the {owner} has no per-item truth ratios on the {split!r} split; evaluate it with the "
+            f"truth_ratio metric on that split."
         )
     return [item[TRUTH_RATIO] for item in items if item[TRUTH_RATIO] is not None]
 
 
-def _forget_quality(splits: Mapping[str, Any], reference: Mapping[str, Any] | None) -> dict[str, Any]:
+def _forget_quality(
+    splits: Mapping[str, Any], config: EvalConfig, reference: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """Forget quality against the retain model's eval result `reference` (REFERENCE.md section 2), or why not."""
+    split = config.forget_split
+    if split not in splits or TRUTH_RATIO not in splits[split]["aggregates"]:
+        return {"value": None, "reason": f"no truth ratios on a {split!r} split were computed"}
     if reference is None:
         return {"value": None, "reason": "no reference eval given (pass --reference_eval retain/eval.json)"}
-    if "forget" not in splits:
-        return {"value": None, "reason": "no 'forget' split was evaluated"}
-    ratios = _forget_ratios(splits, "evaluated model")
-    reference_ratios = _forget_ratios(reference.get("splits", {}), "reference eval")
+    ratios = _forget_ratios(splits, split, "evaluated model")
+    reference_ratios = _forget_ratios(reference.get("splits", {}), split, "reference eval")
     if len(ratios) != len(reference_ratios):
         raise ValueError(
             f"forget quality compares the same forget items, but this eval has {len(ratios)} forget truth "
@@ -269,15 +315,33 @@ def _forget_quality(splits: Mapping[str, Any], reference: Mapping[str, Any] | No
     return {"value": aggregate.forget_quality(ratios, reference_ratios), "n": len(ratios)}
 
 
-def _model_utility(splits: Mapping[str, Any]) -> dict[str, Any]:
-    """Model utility over every non-forget split with all its components (REFERENCE.md section 2), or why not."""
+def _utility_value(aggregates: Mapping[str, Any], name: str) -> float | None:
+    entry = aggregates.get(name)
+    if entry is None:
+        return None
+    return entry.get("value", entry.get("mean"))
+
+
+def _model_utility(splits: Mapping[str, Any], config: EvalConfig) -> dict[str, Any]:
+    """Model utility, the harmonic mean of the configured components (REFERENCE.md section 2), or why not."""
+    if config.utility is not None:
+        components = {split: list(names) for split, names in config.utility.items()}
+    else:
+        components = {
+            split: list(DEFAULT_UTILITY)
+            for split, result in splits.items()
+            if split != config.forget_split and all(name in result["aggregates"] for name in DEFAULT_UTILITY)
+        }
     inputs: dict[str, float] = {}
-    for split, result in splits.items():
-        aggregates = result["aggregates"]
-        if split == "forget" or not all(name in aggregates for name in (*_UTILITY_MEANS, "truth_ratio_stat")):
-            continue
-        inputs.update({f"{split}/{name}": aggregates[name]["mean"] for name in _UTILITY_MEANS})
-        inputs[f"{split}/truth_ratio_stat"] = aggregates["truth_ratio_stat"]["value"]
+    for split, names in components.items():
+        for name in names:
+            value = _utility_value(splits.get(split, {}).get("aggregates", {}), name)
+            if value is None:
+                return {
+                    "value": None,
+                    "reason": f"model utility needs {name!r} on split {split!r}, not computed",
+                }
+            inputs[f"{split}/{name}"] = value
     if not inputs:
         return {
             "value": None,
@@ -287,6 +351,36 @@ def _model_utility(splits: Mapping[str, Any]) -> dict[str, Any]:
     return {"value": aggregate.model_utility(inputs), "inputs": inputs}
 
 
+def _run_attacks(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: Mapping[str, Dataset],
+    results: Mapping[str, Any],
+    config: EvalConfig,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    from llm_unlearn.evaluation.attacks import AttackContext, run_attack
+
+    def remeasure(attacked: PreTrainedModel, datasets: Mapping[str, Dataset]) -> dict[str, dict]:
+        return {
+            name: evaluate_split(attacked, tokenizer, name, data, config, config.attack_metrics)
+            for name, data in datasets.items()
+        }
+
+    context = AttackContext(
+        model=model, tokenizer=tokenizer, splits=splits, baseline=results, evaluate=remeasure,
+        prompt_template=config.prompt_template, system_prompt=config.system_prompt, max_length=config.max_length,
+        forget_split=config.forget_split, retain_split=config.retain_split if config.retain_split in splits else None,
+        seed=config.seed,
+    )  # fmt: skip
+    return {
+        name: _timed(
+            timing, f"attack_{name}_s", lambda name=name, params=params: run_attack(name, context, **params)
+        )
+        for name, params in config.attacks.items()
+    }
+
+
 def evaluate_splits(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -294,35 +388,34 @@ def evaluate_splits(
     config: EvalConfig,
     reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on each QA split (`question`, `answer`, optional `subject_id`; `paraphrased_answer` and
-    `perturbed_answer` for truth_ratio) with `config.metrics`; return a JSON-serialisable dict with the config,
-    per-split aggregates and items, pass timings and, with truth_ratio, a summary of forget quality against
-    `reference` (the retain model's saved eval result) and model utility."""
-    check_metric_names(config.metrics)
-    truth_ratio = TRUTH_RATIO in config.metrics
-    if reference is not None and not truth_ratio:
-        raise ValueError(
-            "a reference eval is only used for forget quality, which needs the truth_ratio metric."
-        )
-    metrics = [get_metric(name) for name in config.metrics if name != TRUTH_RATIO]
-    timing = {"forward_s": 0.0, "generation_s": 0.0}
-    if truth_ratio:
-        timing["truth_ratio_s"] = 0.0
+    """Evaluate `model` on each split with `config`; return a JSON-serialisable dict with the config, per-split
+    items and aggregates, membership inference, a summary (forget quality and PrivLeak against `reference`, the
+    retain model's saved eval result; model utility), robustness attacks and pass timings."""
+    timing: dict[str, float] = {}
     results = {
-        split: _evaluate_split(model, tokenizer, split, dataset, metrics, config, timing)
+        split: evaluate_split(model, tokenizer, split, dataset, config, timing=timing)
         for split, dataset in splits.items()
     }
-    result = {
-        "config": {**dataclasses.asdict(config), "metrics": list(config.metrics)},
+    result: dict[str, Any] = {
+        # Through JSON once so that the result equals what load_eval reads back (tuples become lists).
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
         "splits": results,
-        "timing": timing,
     }
-    if truth_ratio:
-        # Both suite-level numbers need truth ratios, so the summary exists only when they were computed.
-        result["summary"] = {
-            "forget_quality": _forget_quality(results, reference),
-            "model_utility": _model_utility(results),
-        }
+    mia = None
+    if config.mia is not None:
+        mia = membership.membership_inference(
+            result, members=config.mia["members"], nonmembers=config.mia["nonmembers"],
+            scores=config.mia["scores"], reference=reference,
+        )  # fmt: skip
+        result["mia"] = mia
+    result["summary"] = {
+        "forget_quality": _forget_quality(results, config, reference),
+        "model_utility": _model_utility(results, config),
+        "privleak": membership.privleak_summary(mia, reference, config.privleak_score),
+    }
+    if config.attacks:
+        result["attacks"] = _run_attacks(model, tokenizer, splits, results, config, timing)
+    result["timing"] = timing
     return result
 
 

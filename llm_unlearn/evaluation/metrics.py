@@ -1,9 +1,11 @@
 """Per-item metrics as small pure functions, registered by name with the per-item inputs they need.
 
 A metric declares its inputs by name (`"statistics"`: the item's teacher-forced `ItemStatistics`;
+`"answer_group"`: the statistics of its answer, paraphrased answer and perturbed answers against one prompt;
 `"generation"`: the greedy completion of its prompt; `"answer"`: the reference answer; `"text"`: the item's
-scored text, prompt followed by answer, or the whole text of a plain-text item), and the evaluator runs each
-pass that produces an input once for all the metrics that need it. Definitions follow REFERENCE.md section 2
+scored text, prompt followed by answer, or the whole text of a plain-text item; `"gradient_norm"`: the norm of
+the gradient of its NLL), and the evaluator runs each pass that produces an input once for all the metrics that
+need it. A metric returns None where it does not apply to an item (a truth ratio without perturbed answers). Definitions follow REFERENCE.md section 2
 (TOFU, Maini et al. 2024; MUSE, Shi et al. 2024) and, for the membership-inference scores, section 3: those
 follow "higher = looks less like a member" (less like training data).
 """
@@ -11,7 +13,7 @@ follow "higher = looks less like a member" (less like training data).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from zlib import compress
@@ -19,11 +21,24 @@ from zlib import compress
 import numpy as np
 from rouge_score import rouge_scorer
 
+from llm_unlearn.evaluation.aggregate import multiple_choice_probability
+from llm_unlearn.evaluation.aggregate import truth_ratio as truth_ratio_of
 from llm_unlearn.evaluation.statistics import ItemStatistics
 
 # Inputs a metric may ask for; each is computed once per item by the evaluator. "text" is the prompt followed
 # by the answer as one string (the whole text for a plain-text item): the zlib score compresses it.
-METRIC_INPUTS = ("statistics", "distribution_statistics", "generation", "answer", "text")
+METRIC_INPUTS = (
+    "statistics", "distribution_statistics", "answer_group", "generation", "answer", "text", "gradient_norm",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AnswerGroupStatistics:
+    """Teacher-forced statistics of an item's answer and its alternatives, all scored against the same prompt."""
+
+    answer: ItemStatistics
+    paraphrased: ItemStatistics | None  # the item's `paraphrased_answer`, when it has one
+    perturbed: tuple[ItemStatistics, ...]  # its `perturbed_answer`s (wrong answers in the same form)
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class Metric:
     """A registered metric: `fn(*inputs)` -> float, where `inputs` name the per-item values it is given."""
 
     name: str
-    fn: Callable[..., float]
+    fn: Callable[..., float | None]
     inputs: tuple[str, ...]
 
 
@@ -69,6 +84,29 @@ def probability(stats: ItemStatistics) -> float:
     """Length-normalised answer probability P(y|x) = exp(-NLL(y|x)), the geometric mean token probability
     (TOFU, Maini et al. 2024; REFERENCE.md section 2)."""
     return math.exp(-stats.nll)
+
+
+@register_metric("probability_mc", inputs=("answer_group",))
+def probability_mc(group: AnswerGroupStatistics) -> float | None:
+    """Multiple-choice normalised probability P_true / (P_true + sum_j P_wrong_j) over the answer and its
+    perturbed answers, each length-normalised (TOFU real authors / world facts; REFERENCE.md section 2); None
+    without perturbed answers."""
+    if not group.perturbed:
+        return None
+    return multiple_choice_probability(
+        math.exp(-group.answer.nll), [math.exp(-wrong.nll) for wrong in group.perturbed]
+    )
+
+
+@register_metric("truth_ratio", inputs=("answer_group",))
+def truth_ratio(group: AnswerGroupStatistics) -> float | None:
+    """Truth ratio R: geometric mean of the perturbed answers' length-normalised probabilities over that of the
+    paraphrased answer (the answer itself where there is no paraphrase, as on TOFU's real authors and world
+    facts) (TOFU, Maini et al. 2024; REFERENCE.md section 2); None without perturbed answers."""
+    if not group.perturbed:
+        return None
+    true = group.paraphrased if group.paraphrased is not None else group.answer
+    return truth_ratio_of(-true.nll, [-wrong.nll for wrong in group.perturbed])
 
 
 # Built once: the stemmer and tokenizer setup is not free, and ROUGE runs on every generated item.
@@ -165,12 +203,9 @@ def min_k_plus_plus(stats: ItemStatistics, *, k: float = 0.4) -> float:
     return -_lowest_fraction_mean(z, k)
 
 
-def summarize(values: Iterable[float]) -> dict[str, float | int]:
-    """Aggregate per-item values: mean, count and sample standard deviation (ddof=1; NaN when undefined)."""
-    array = np.asarray(list(values), dtype=np.float64)
-    n = int(array.size)
-    return {
-        "mean": float(array.mean()) if n else math.nan,
-        "n": n,
-        "std": float(array.std(ddof=1)) if n > 1 else math.nan,
-    }
+@register_metric("gradnorm", inputs=("gradient_norm",))
+def gradnorm(norm: float) -> float:
+    """GradNorm membership score: the L2 norm of the gradient of the item's NLL with respect to the model's
+    parameters, batch size 1 (REFERENCE.md section 3); training items sit near a minimum, so a small norm looks
+    like a member."""
+    return norm

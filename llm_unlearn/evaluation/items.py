@@ -1,0 +1,184 @@
+"""Turn the rows of an evaluation split into token-level items: the prompt, the scored target, the alternative
+answers scored against the same prompt, and the text a generation is compared with.
+
+A split's `format` says how a row becomes an item:
+- `qa`: a question and answer rendered like training data (chat template or plain prompt); the paraphrased and
+  perturbed answers, when present, are its alternatives (truth ratio, multiple-choice probability).
+- `fewshot_qa`: MUSE knowledge memorization: a plain few-shot prompt of "Question: q\\nAnswer: a" shots, then
+  the question (REFERENCE.md section 2).
+- `completion`: a plain `prompt` continued by the `answer` (MUSE verbatim memorization).
+- `text`: a raw `text`, every token after the first scored (membership inference on documents); no prompt to
+  generate from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from llm_unlearn.data.formatting import format_qa
+
+FORMATS = ("qa", "fewshot_qa", "completion", "text")
+_REQUIRED_COLUMNS = {
+    "qa": ("question", "answer"),
+    "fewshot_qa": ("question", "answer"),
+    "completion": ("prompt", "answer"),
+    "text": ("text",),
+}
+
+
+@dataclass
+class EvalItem:
+    """One item to score: `prompt_ids` (not scored) followed by `answer_ids` (scored), and the alternatives."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    prompt: str | None  # what generation continues; None for `text` items
+    reference: str  # what a generation is compared with
+    text: str  # the item's text without markup (zlib's denominator)
+    paraphrased_ids: list[int] | None = None
+    perturbed_ids: list[list[int]] = field(default_factory=list)
+
+    @property
+    def has_alternatives(self) -> bool:
+        """Whether the item has a paraphrased or perturbed answer to score against its prompt."""
+        return self.paraphrased_ids is not None or bool(self.perturbed_ids)
+
+    def encoded(self) -> dict[str, list[int]]:
+        """`input_ids` and `labels` (-100 on the prompt) of the item's own answer, as training encodes it."""
+        return {
+            "input_ids": self.prompt_ids + self.answer_ids,
+            "labels": [-100] * len(self.prompt_ids) + self.answer_ids,
+        }
+
+
+def check_columns(split: str, dataset: Dataset, data_format: str) -> None:
+    """Raise ValueError naming the split, its format and the columns it lacks."""
+    if data_format not in FORMATS:
+        raise ValueError(f"split {split!r}: format {data_format!r} is not known; use one of {FORMATS}.")
+    missing = [name for name in _REQUIRED_COLUMNS[data_format] if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"split {split!r} (format {data_format!r}) lacks the column(s) {missing}; that format needs "
+            f"{list(_REQUIRED_COLUMNS[data_format])}, and the split has {dataset.column_names}."
+        )
+
+
+def _fit(split: str, index: int, prompt_ids: list[int], answer_ids: list[int], max_length: int) -> list[int]:
+    """`answer_ids` cut so that prompt + answer fit `max_length`, or ValueError when no answer token fits."""
+    room = max_length - len(prompt_ids)
+    if room < 1 or not answer_ids:
+        raise ValueError(
+            f"split {split!r}, item {index}: max_length={max_length} leaves no answer token to score "
+            f"(prompt {len(prompt_ids)} tokens, answer {len(answer_ids)}); raise max_length."
+        )
+    return answer_ids[:room]
+
+
+def _qa_items(
+    split: str, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], *, template: str,
+    system_prompt: str | None, max_length: int,
+) -> list[EvalItem]:  # fmt: skip
+    def tokens(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def completion(question: str, answer: str) -> str:
+        return format_qa(tokenizer, question, answer, template=template, system_prompt=system_prompt)[1]
+
+    items = []
+    for index, row in enumerate(rows):
+        question = row["question"]
+        # The prompt depends on the question alone, so every answer continues the same prompt tokens.
+        prompt = format_qa(tokenizer, question, template=template, system_prompt=system_prompt)[0]
+        prompt_ids = tokens(prompt)
+        answers = [row["answer"], row.get("paraphrased_answer"), *(row.get("perturbed_answer") or [])]
+        answer_ids, paraphrased_ids, *perturbed_ids = [
+            _fit(split, index, prompt_ids, tokens(completion(question, answer)), max_length)
+            if answer
+            else None
+            for answer in answers
+        ]
+        items.append(
+            EvalItem(
+                prompt_ids=prompt_ids,
+                answer_ids=answer_ids,
+                prompt=prompt,
+                reference=row["answer"],
+                text=f"{question} {row['answer']}",
+                paraphrased_ids=paraphrased_ids,
+                perturbed_ids=perturbed_ids,
+            )
+        )
+    return items
+
+
+def _plain_items(
+    split: str, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    texts: Sequence[str], max_length: int,
+) -> list[EvalItem]:  # fmt: skip
+    items = []
+    for index, (prompt, answer, text) in enumerate(zip(prompts, answers, texts, strict=True)):
+        # Plain text as a base model reads it: the tokenizer's own special tokens (BOS) before the prompt.
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        items.append(
+            EvalItem(
+                prompt_ids=prompt_ids,
+                answer_ids=_fit(split, index, prompt_ids, answer_ids, max_length),
+                prompt=prompt,
+                reference=answer,
+                text=text,
+            )
+        )
+    return items
+
+
+def _text_items(
+    split: str, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> list[EvalItem]:
+    items = []
+    for index, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        if len(ids) < 2:
+            raise ValueError(
+                f"split {split!r}, item {index}: the text has fewer than 2 tokens; nothing to score."
+            )
+        items.append(EvalItem(prompt_ids=ids[:1], answer_ids=ids[1:], prompt=None, reference=text, text=text))
+    return items
+
+
+def build_items(
+    split: str,
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    data_format: str = "qa",
+    template: str = "auto",
+    system_prompt: str | None = None,
+    max_length: int = 512,
+    fewshot: Sequence[tuple[str, str]] = (),
+) -> list[EvalItem]:
+    """The items of `dataset` in `data_format` (see the module docstring); `fewshot` holds the (question, answer)
+    shots of a `fewshot_qa` split."""
+    check_columns(split, dataset, data_format)
+    rows = dataset.to_list()
+    if data_format == "qa":
+        return _qa_items(
+            split, tokenizer, rows, template=template, system_prompt=system_prompt, max_length=max_length
+        )
+    if data_format == "text":
+        return _text_items(split, tokenizer, [row["text"] for row in rows], max_length)
+    answers = [row["answer"] for row in rows]
+    if data_format == "completion":
+        prompts = [row["prompt"] for row in rows]
+        texts = [prompt + answer for prompt, answer in zip(prompts, answers, strict=True)]
+    else:
+        from llm_unlearn.data.benchmarks import muse_fewshot_prompt
+
+        prompts = [muse_fewshot_prompt(row["question"], fewshot) for row in rows]
+        texts = [f"{row['question']} {row['answer']}" for row in rows]
+    return _plain_items(split, tokenizer, prompts, answers, texts, max_length)
