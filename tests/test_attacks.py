@@ -13,9 +13,9 @@ from datasets import Dataset
 
 from llm_unlearn.data.formatting import encode_qa
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
-from llm_unlearn.evaluation.attacks import ATTACKS, AttackContext, get_attack, quantize_rtn, run_attack
+from llm_unlearn.evaluation.attacks import ATTACKS, AttackContext, get_attack, leak, quantize_rtn, run_attack
 from llm_unlearn.evaluation.attacks.quantization import decoder_linear_weights
-from llm_unlearn.evaluation.attacks.relearning import relearn_split
+from llm_unlearn.evaluation.attacks.relearning import fine_tune, relearn_split
 from llm_unlearn.evaluation.metrics import probability
 from llm_unlearn.evaluation.statistics import compute_item_statistics
 
@@ -155,24 +155,31 @@ def test_quantization_measures_rounded_decoder_weights_only(
         assert result["baseline"][split] == context.baseline[split]["aggregates"]
 
 
-@pytest.mark.parametrize("name", ["quantize_8bit", "quantize_4bit", "relearn", "paraphrase"])
-@pytest.mark.parametrize("training", [True, False], ids=["train_mode", "eval_mode"])
-def test_every_attack_leaves_the_model_exactly_as_it_was(tiny_model, tiny_tokenizer, name, training):
+SMALL_OVERRIDES = {"relearn": {"learning_rate": 1e-2}, "leak_at_k": {"k": 2, "max_new_tokens": 8}}
+
+
+@pytest.mark.parametrize("name", ["quantize_8bit", "quantize_4bit", "relearn", "paraphrase", "leak_at_k"])
+def test_every_attack_leaves_the_model_exactly_as_it_was(tiny_model, tiny_tokenizer, name):
     context = _context(tiny_model, tiny_tokenizer)
-    tiny_model.train(training)
+    tiny_model.train()  # the attacks switch to eval mode (and relearn to train mode) on the way
+    # A frozen embedding and a gradient left from earlier: relearning trains every weight, then must undo both.
+    tiny_model.model.embed_tokens.weight.requires_grad_(False)
+    tiny_model.lm_head.weight.grad = torch.ones_like(tiny_model.lm_head.weight)
     before = {key: value.clone() for key, value in tiny_model.state_dict().items()}
     requires_grad = {key: param.requires_grad for key, param in tiny_model.named_parameters()}
-    overrides = {"learning_rate": 1e-2} if name == "relearn" else {}
 
-    run_attack(name, context, **overrides)
+    run_attack(name, context, **SMALL_OVERRIDES.get(name, {}))
 
     after = tiny_model.state_dict()
     assert all(
         torch.equal(before[key], after[key]) and before[key].dtype == after[key].dtype for key in before
     )
-    assert tiny_model.training is training
+    assert tiny_model.training
     assert {key: param.requires_grad for key, param in tiny_model.named_parameters()} == requires_grad
-    assert all(param.grad is None for param in tiny_model.parameters())
+    assert torch.equal(tiny_model.lm_head.weight.grad, torch.ones_like(tiny_model.lm_head.weight))
+    assert all(
+        param.grad is None for param in tiny_model.parameters() if param is not tiny_model.lm_head.weight
+    )
 
 
 def test_relearning_on_duplicated_items_raises_the_probability_of_the_rest(tiny_model, tiny_tokenizer):
@@ -251,4 +258,54 @@ def test_unknown_attacks_and_bad_parameters_give_clear_errors(tiny_model, tiny_t
         ValueError, match=r"the attack needs the split 'forget'; the evaluated splits are \['retain'\]"
     ):
         run_attack("paraphrase", dataclasses.replace(context, splits={"retain": context.splits["retain"]}))
-    assert set(ATTACKS) >= {"quantize_8bit", "quantize_4bit", "relearn", "paraphrase"}
+    with pytest.raises(ValueError, match=r"threshold is a ROUGE-L recall in \(0, 1\], got 1.5"):
+        run_attack("leak_at_k", context, threshold=1.5)
+    assert set(ATTACKS) == {"quantize_8bit", "quantize_4bit", "relearn", "paraphrase", "leak_at_k"}
+
+
+def test_leak_at_k_is_one_for_a_model_that_samples_the_answer(tiny_model, tiny_tokenizer):
+    item = FORGET[2]
+    # Trained to near certainty on one QA, the model samples its answer even at temperature 1.
+    encoded = [encode_qa(tiny_tokenizer, item["question"], item["answer"])]
+    pad_token_id = tiny_tokenizer.pad_token_id
+    fine_tune(
+        tiny_model, encoded, epochs=40, learning_rate=1e-2, batch_size=1, pad_token_id=pad_token_id, seed=0
+    )
+    context = _context(tiny_model, tiny_tokenizer, forget=[item])
+    context.baseline["forget"]["items"][0]["rouge_l_recall"] = 0.25  # as if greedy decoding had hidden it
+
+    result = run_attack("leak_at_k", context, k=4, max_new_tokens=16)
+
+    assert result["splits"]["forget"]["leak_at_k"]["mean"] == 1.0
+    assert result["splits"]["forget"]["best_rouge_l_recall_at_k"]["mean"] == 1.0
+    assert result["baseline"]["forget"] == {"rouge_l_recall": summarize_with_ci([0.25])}
+    assert result["params"] == {
+        "k": 4,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_new_tokens": 16,
+        "threshold": 0.8,
+        "batch_size": 16,
+    }
+
+
+def test_leak_at_k_draws_the_same_k_samples_for_the_same_seed(tiny_model, tiny_tokenizer, monkeypatch):
+    drawn: list[list[list[str]]] = []
+    generate_samples = leak.generate_samples
+
+    def recording(*args, **kwargs):
+        samples = generate_samples(*args, **kwargs)
+        drawn.append(samples)
+        return samples
+
+    monkeypatch.setattr(leak, "generate_samples", recording)
+    context = _context(tiny_model, tiny_tokenizer)
+    first = run_attack("leak_at_k", context, k=3, max_new_tokens=6)
+    second = run_attack("leak_at_k", context, k=3, max_new_tokens=6)
+    run_attack("leak_at_k", dataclasses.replace(context, seed=1), k=3, max_new_tokens=6)
+
+    assert first == second
+    assert drawn[0] == drawn[1] != drawn[2]
+    assert [len(samples) for samples in drawn[0]] == [3] * len(FORGET)
+    # The stand-in suite has no greedy ROUGE, so there is no baseline to compare with.
+    assert first["baseline"] == {"forget": {}}

@@ -1,12 +1,12 @@
 """Robustness attacks (REFERENCE.md section 4), each a named option of the eval suite: does the forgotten
-knowledge come back under weight quantization, brief relearning or paraphrased questions?
+knowledge come back under weight quantization, brief relearning, paraphrased questions or sampling?
 
 One module per attack; importing this package registers them all in `ATTACKS`. Run one with
 `run_attack(name, context, **overrides)`.
 """
 
 # Importing the attack modules registers their attacks.
-from llm_unlearn.evaluation.attacks import paraphrase, quantization, relearning  # noqa: F401
+from llm_unlearn.evaluation.attacks import leak, paraphrase, quantization, relearning  # noqa: F401
 from llm_unlearn.evaluation.attacks.base import (
     ATTACKS,
     Attack,

@@ -113,13 +113,9 @@ def run_attack(name: str, context: AttackContext, **overrides: Any) -> dict:
     return {"description": result.pop("description"), "params": params, **result}
 
 
-def _per_item_metrics(result: Mapping[str, Any]) -> list[str]:
-    # Aggregates such as the truth-ratio statistic have no per-item value and cannot be restricted to items.
-    return [name for name in result["aggregates"] if any(name in item for item in result["items"])]
-
-
 def summarize_items(items: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, dict]:
-    """Mean, n and bootstrap interval of each metric over `items`, skipping items without a value."""
+    """Mean, n and bootstrap interval of each metric over `items`, skipping items without a value; a metric no
+    item carries (a split-level aggregate such as the truth-ratio statistic) is left out."""
     return {
         metric: summarize_with_ci(item[metric] for item in items if item.get(metric) is not None)
         for metric in metrics
@@ -156,7 +152,7 @@ def measure(context: AttackContext, remeasures: Mapping[str, Remeasure]) -> dict
     results = context.evaluate(context.model, {name: entry.dataset for name, entry in remeasures.items()})
     splits, baseline = {}, {}
     for name, entry in remeasures.items():
-        metrics = _per_item_metrics(results[name])
+        metrics = list(results[name]["aggregates"])
         splits[name] = summarize_items(results[name]["items"], metrics)
         baseline[name] = summarize_items(baseline_items(context, entry.source, entry.indices), metrics)
     return {"splits": splits, "baseline": baseline}
