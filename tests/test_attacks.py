@@ -13,7 +13,15 @@ from datasets import Dataset
 
 from llm_unlearn.data.formatting import encode_qa
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
-from llm_unlearn.evaluation.attacks import ATTACKS, AttackContext, get_attack, leak, quantize_rtn, run_attack
+from llm_unlearn.evaluation.attacks import (
+    ATTACKS,
+    AttackContext,
+    attack_params,
+    get_attack,
+    leak,
+    quantize_rtn,
+    run_attack,
+)
 from llm_unlearn.evaluation.attacks.quantization import decoder_linear_weights
 from llm_unlearn.evaluation.attacks.relearning import fine_tune, relearn_split
 from llm_unlearn.evaluation.metrics import probability
@@ -252,6 +260,10 @@ def test_unknown_attacks_and_bad_parameters_give_clear_errors(tiny_model, tiny_t
         ValueError, match=r"'learning_rate' of attack 'relearn' must be float .* got '1e-5' \(str\)"
     ):
         run_attack("relearn", context, learning_rate="1e-5")
+    # The same checks, before any model runs.
+    assert attack_params("quantize_4bit", group_size=None) == {"bits": 4, "group_size": None}
+    with pytest.raises(ValueError, match=r"attack 'leak_at_k' has no parameter 'n'"):
+        attack_params("leak_at_k", n=4)
     with pytest.raises(ValueError, match=r"epochs must be at least 1, got 0"):
         run_attack("relearn", context, epochs=0)
     with pytest.raises(

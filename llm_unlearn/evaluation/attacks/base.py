@@ -98,9 +98,10 @@ def _check_override(attack: Attack, param: str, value: Any) -> None:
         )
 
 
-def run_attack(name: str, context: AttackContext, **overrides: Any) -> dict:
-    """Run attack `name` on `context` with its default parameters updated by `overrides`; return
-    `{"description", "params", "splits", "baseline", ...}` with aggregates per split (REFERENCE.md section 4)."""
+def attack_params(name: str, **overrides: Any) -> dict:
+    """The parameters attack `name` runs with: its defaults updated by `overrides`, or ValueError naming an
+    unknown attack, an unknown parameter or a value of the wrong type (a suite can check its config with this
+    before any model runs)."""
     attack = get_attack(name)
     for param, value in overrides.items():
         if param not in attack.params:
@@ -108,8 +109,14 @@ def run_attack(name: str, context: AttackContext, **overrides: Any) -> dict:
                 f"attack {name!r} has no parameter {param!r}; its parameters are {sorted(attack.params)}."
             )
         _check_override(attack, param, value)
-    params = {**attack.params, **overrides}
-    result = attack.fn(context, **params)
+    return {**attack.params, **overrides}
+
+
+def run_attack(name: str, context: AttackContext, **overrides: Any) -> dict:
+    """Run attack `name` on `context` with its default parameters updated by `overrides`; return
+    `{"description", "params", "splits", "baseline", ...}` with aggregates per split (REFERENCE.md section 4)."""
+    params = attack_params(name, **overrides)
+    result = get_attack(name).fn(context, **params)
     return {"description": result.pop("description"), "params": params, **result}
 
 
