@@ -18,6 +18,7 @@ COMMANDS = {
         "llm_unlearn.evaluation.gate",
         "Check eval.json against thresholds; exit 0 pass, 1 fail, 2 bad input.",
     ),
+    "report": ("llm_unlearn.scripts.report", "Write report.md and report.html (plots) from eval.json."),
 }
 
 

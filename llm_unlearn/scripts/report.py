@@ -1,0 +1,95 @@
+"""Write report.md and a self-contained report.html, with plots, over the eval.json of one or more run directories.
+
+Run directories are positional (`llm-unlearn report RUN_DIR [RUN_DIR ...] --output_dir DIR`), or `--run_dirs` /
+`run_dirs:` in a `--config` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import TrlParser
+
+from llm_unlearn.evaluation.report import write_report
+
+
+@dataclass
+class ReportScriptArguments:
+    """The run directories to report on, where to write the report, and its labels and title."""
+
+    run_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Run directories, each with an eval.json (and optionally run.json)."},
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory for report.md, report_files/ and report.html; default: the only run dir."
+        },
+    )
+    labels: list[str] | None = field(
+        default=None, metadata={"help": "One name per run directory; default: the directory names."}
+    )
+    title: str | None = field(default=None, metadata={"help": "Report title."})
+
+    def __post_init__(self) -> None:
+        if not self.run_dirs:
+            raise ValueError(
+                "report needs at least one run directory: llm-unlearn report RUN_DIR [RUN_DIR ...]."
+            )
+        if self.output_dir is None:
+            if len(self.run_dirs) > 1:
+                raise ValueError(
+                    f"a report over {len(self.run_dirs)} run directories needs --output_dir DIR; only a single "
+                    "run's report defaults to its own directory."
+                )
+            self.output_dir = self.run_dirs[0]
+
+
+def main(script_args: ReportScriptArguments) -> tuple[Path, Path]:
+    """Write the report; returns the paths of report.md and report.html."""
+    paths = write_report(
+        script_args.run_dirs, script_args.output_dir, labels=script_args.labels, title=script_args.title
+    )
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
+class _RunDirsPositional(argparse.Action):
+    """RUN_DIRs as positionals; when none is given nothing is stored, so --run_dirs or the config value stands."""
+
+    # TrlParser gives every action whose dest is a config key the config's value as default, and argparse stores
+    # an absent positional's default last, over a --run_dirs given on the command line. A default that is always
+    # SUPPRESS makes argparse skip the absent positional.
+    default = property(lambda self: argparse.SUPPRESS, lambda self, value: None)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values:
+            setattr(namespace, self.dest, list(values))
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+    """The report parser: RUN_DIR positionals (or --run_dirs), --output_dir, --labels, --title, --config."""
+    if subparsers is not None:
+        parser = subparsers.add_parser(
+            "report", help=__doc__.splitlines()[0], dataclass_types=[ReportScriptArguments]
+        )
+    else:
+        parser = TrlParser([ReportScriptArguments], prog=prog, description=__doc__)
+    parser.add_argument(
+        "run_dirs", nargs="*", action=_RunDirsPositional, metavar="RUN_DIR", help="Run directories."
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
