@@ -217,10 +217,8 @@ def _utility_forget_section(runs: Sequence[Run]) -> list[Block]:
         )
         for run in runs
     }
-    plotted = [
-        label for label, (utility, quality) in points.items() if utility is not None and (quality or 0) > 0
-    ]
-    if len(runs) < 2 or not plotted:
+    plottable = any(utility is not None and (quality or 0) > 0 for utility, quality in points.values())
+    if len(runs) < 2 or not plottable:
         return []
     caption = (
         "Forget quality (KS-test p-value against the retain model, higher = closer to never having seen the "
