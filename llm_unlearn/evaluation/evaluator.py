@@ -46,6 +46,7 @@ class SplitConfig:
     format: str = "qa"  # see llm_unlearn.evaluation.items
     max_new_tokens: int | None = None  # None: EvalConfig.max_new_tokens
     stop_strings: tuple[str, ...] = ()
+    max_answer_tokens: int | None = None  # score and compare only this many answer tokens (MUSE: 128)
     fewshot: tuple[tuple[str, str], ...] = ()  # (question, answer) shots of a `fewshot_qa` split
 
     def __post_init__(self) -> None:
@@ -117,7 +118,8 @@ class EvalConfig:
 
     def split_metrics(self, split: str) -> tuple[str, ...]:
         """The metrics of `split`, plus those its role in membership inference needs."""
-        metrics = self.split_config(split).metrics or self.metrics
+        metrics = self.split_config(split).metrics
+        metrics = self.metrics if metrics is None else metrics
         if self.mia is not None and split in (self.mia["members"], self.mia["nonmembers"]):
             metrics += tuple(
                 name for name in membership.metrics_for(self.mia["scores"]) if name not in metrics
@@ -249,6 +251,7 @@ def evaluate_split(
     items = build_items(
         split, dataset, tokenizer, data_format=spec.format, template=config.prompt_template,
         system_prompt=config.system_prompt, max_length=config.max_length, fewshot=spec.fewshot,
+        max_answer_tokens=spec.max_answer_tokens,
     )  # fmt: skip
     if any(name == TRUTH_RATIO for name in (m.name for m in metrics)) and not any(
         i.perturbed_ids for i in items

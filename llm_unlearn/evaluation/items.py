@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from llm_unlearn.data.benchmarks import muse_fewshot_prompt
 from llm_unlearn.data.formatting import format_qa
 
 FORMATS = ("qa", "fewshot_qa", "completion", "text")
@@ -161,9 +162,27 @@ def build_items(
     system_prompt: str | None = None,
     max_length: int = 512,
     fewshot: Sequence[tuple[str, str]] = (),
+    max_answer_tokens: int | None = None,
 ) -> list[EvalItem]:
     """The items of `dataset` in `data_format` (see the module docstring); `fewshot` holds the (question, answer)
-    shots of a `fewshot_qa` split."""
+    shots of a `fewshot_qa` split; `max_answer_tokens` cuts each answer, and the text generations are compared
+    with, to that many tokens (MUSE scores verbatim continuations against the first 128 tokens)."""
+    items = _build_items(
+        split, dataset, tokenizer, data_format=data_format, template=template, system_prompt=system_prompt,
+        max_length=max_length, fewshot=fewshot,
+    )  # fmt: skip
+    if max_answer_tokens is not None:
+        for item in items:
+            if len(item.answer_ids) > max_answer_tokens:
+                item.answer_ids = item.answer_ids[:max_answer_tokens]
+                item.reference = tokenizer.decode(item.answer_ids, skip_special_tokens=True)
+    return items
+
+
+def _build_items(
+    split: str, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, *, data_format: str, template: str,
+    system_prompt: str | None, max_length: int, fewshot: Sequence[tuple[str, str]],
+) -> list[EvalItem]:  # fmt: skip
     check_columns(split, dataset, data_format)
     rows = dataset.to_list()
     if data_format == "qa":
@@ -177,8 +196,6 @@ def build_items(
         prompts = [row["prompt"] for row in rows]
         texts = [prompt + answer for prompt, answer in zip(prompts, answers, strict=True)]
     else:
-        from llm_unlearn.data.benchmarks import muse_fewshot_prompt
-
         prompts = [muse_fewshot_prompt(row["question"], fewshot) for row in rows]
         texts = [f"{row['question']} {row['answer']}" for row in rows]
     return _plain_items(split, tokenizer, prompts, answers, texts, max_length)

@@ -1,38 +1,108 @@
-"""Evaluate a model on the forget, retain and holdout sets (and extra splits such as `world_facts`); write
-eval.json with per-item values and aggregates."""
+"""Evaluate a model with a suite (`eval/builtin.yaml`, `eval/tofu.yaml`, `eval/muse.yaml`): its splits, metrics,
+membership inference and robustness attacks; write eval.json with per-item values and aggregates, and the
+report beside it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from accelerate import PartialState
 from datasets import Dataset
 from trl import TrlParser
 
 from llm_unlearn.data.arguments import DataArguments
-from llm_unlearn.data.loading import load_records
+from llm_unlearn.data.benchmarks import load_benchmark
 from llm_unlearn.evaluation import EvalConfig, evaluate_splits, load_eval, save_eval
+from llm_unlearn.evaluation.evaluator import SplitConfig
+from llm_unlearn.evaluation.report import write_report
 from llm_unlearn.models import load_model_and_tokenizer
 
-SPLITS = ("forget", "retain", "holdout")
+# Splits that come from the data arguments' forget / retain / holdout selection; any other split names its
+# data in `split_options`.
+SELECTION_SPLITS = ("forget", "retain", "holdout")
+# Keys of a `split_options` entry that say where its data comes from; the rest are `SplitConfig` fields.
+DATA_KEYS = ("data", "benchmark", "config", "split", "fewshot")
+_SPLIT_CONFIG_KEYS = ("metrics", "format", "max_new_tokens", "stop_strings", "max_answer_tokens")
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    """A YAML mapping, or the JSON text of one given on the command line."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{name} must be a mapping (JSON on the command line), got {value!r}: {error}"
+            ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}: {value!r}.")
+    return value
 
 
 @dataclass
 class EvalScriptArguments(DataArguments):
-    """The model to evaluate, the data (as for the recipes), the metrics and where to write eval.json."""
+    """The model to evaluate, the suite (data, splits, metrics, membership inference, attacks) and where to
+    write eval.json. A suite is a YAML file of these fields, given with `--config`."""
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model, adapter dir or 'embedded'."}
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Directory for eval.json."})
-    splits: list[str] = field(default_factory=lambda: list(SPLITS), metadata={"help": f"Any of {SPLITS}."})
-    extra_splits: list[str] = field(
-        default_factory=list, metadata={"help": "Splits of `dataset` evaluated whole, e.g. world_facts."}
+    output_dir: str | None = field(default=None, metadata={"help": "Directory for eval.json and the report."})
+    suite: str | None = field(default=None, metadata={"help": "The suite's name, recorded in eval.json."})
+    splits: list[str] = field(
+        default_factory=lambda: ["forget", "retain"],
+        metadata={"help": f"Splits to evaluate: {SELECTION_SPLITS} or names defined in split_options."},
     )
-    metrics: list[str] = field(default_factory=lambda: ["probability", "rouge_l_recall"])
+    split_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Per split: where its data comes from (data, benchmark, config, split, fewshot) and how it "
+            "is evaluated (metrics, format, max_new_tokens, stop_strings, max_answer_tokens)."
+        },
+    )
+    benchmark_source: str | None = field(
+        default=None,
+        metadata={"help": "Local snapshot of the suite's Hub dataset, read instead of the Hub (offline)."},
+    )
+    metrics: list[str] = field(
+        default_factory=lambda: ["probability", "rouge_l_recall"],
+        metadata={"help": "Metrics of every split that names none in split_options."},
+    )
+    mia: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Membership inference: {members: forget, nonmembers: holdout, scores: [loss, ...]}."
+        },
+    )
+    privleak_score: str = field(
+        default="min_k", metadata={"help": "The MIA score PrivLeak uses (MUSE: min_k)."}
+    )
+    utility: dict | str | None = field(
+        default=None, metadata={"help": "Model utility's components: {split: [aggregate, ...]}."}
+    )
+    forget_split: str = field(default="forget", metadata={"help": "The split forget quality is measured on."})
+    retain_split: str = field(default="retain", metadata={"help": "The split attacks check utility on."})
+    attacks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Robustness attacks: quantize_8bit, quantize_4bit, relearn, paraphrase, leak_at_k."
+        },
+    )
+    attack_args: dict | str | None = field(
+        default=None, metadata={"help": "Attack parameters: {attack: {param: value}}."}
+    )
+    attack_metrics: list[str] = field(
+        default_factory=lambda: ["probability", "rouge_l_recall"],
+        metadata={"help": "Metrics an attack re-measures."},
+    )
     batch_size: int = 16
     max_new_tokens: int = field(
         default=200, metadata={"help": "Greedy generation length for ROUGE (TOFU: 200)."}
@@ -45,19 +115,49 @@ class EvalScriptArguments(DataArguments):
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing eval.json."})
     reference_eval: str | None = field(
         default=None,
-        metadata={"help": "The retain model's eval.json (with truth_ratio), for forget quality."},
+        metadata={
+            "help": "The retain model's eval.json, for forget quality, PrivLeak and the reference MIA."
+        },
     )
+    report: bool = field(default=True, metadata={"help": "Write report.md and report.html beside eval.json."})
 
     def __post_init__(self) -> None:
         if self.model_name_or_path is None or self.output_dir is None:
             raise ValueError("eval needs --model_name_or_path and --output_dir.")
-        unknown = sorted(set(self.splits) - set(SPLITS))
+        self.split_options = _mapping(self.split_options, "split_options")
+        self.mia = _mapping(self.mia, "mia") or None
+        self.utility = _mapping(self.utility, "utility") or None
+        self.attack_args = _mapping(self.attack_args, "attack_args")
+        for name in self.splits:
+            if name not in SELECTION_SPLITS and not self._data_options(name):
+                raise ValueError(
+                    f"split {name!r} is not one of {SELECTION_SPLITS}, so split_options must say where its data "
+                    f"comes from, e.g. {{{name!r}: {{'data': 'builtin', 'split': {name!r}}}}}."
+                )
+        for name, options in self.split_options.items():
+            unknown = sorted(set(options) - set(DATA_KEYS) - set(_SPLIT_CONFIG_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"split_options[{name!r}] has unknown keys {unknown}; accepted: {[*DATA_KEYS, *_SPLIT_CONFIG_KEYS]}."
+                )
+        unknown = sorted(set(self.attack_args) - set(self.attacks))
         if unknown:
-            raise ValueError(
-                f"splits {unknown} are not known; choose from {SPLITS} (use extra_splits for others)."
-            )
+            raise ValueError(f"attack_args names attacks {unknown} that are not in attacks {self.attacks}.")
 
-    def eval_config(self) -> EvalConfig:
+    def _data_options(self, split: str) -> dict[str, Any]:
+        options = self.split_options.get(split, {})
+        return {key: options[key] for key in ("data", "benchmark") if key in options}
+
+    def eval_config(self, fewshot: dict[str, list[tuple[str, str]]] | None = None) -> EvalConfig:
+        """The evaluator's config; `fewshot` holds each `fewshot_qa` split's loaded shots."""
+        fewshot = fewshot or {}
+        splits = {
+            name: SplitConfig(
+                **{key: options[key] for key in _SPLIT_CONFIG_KEYS if key in options},
+                fewshot=fewshot.get(name, ()),
+            )
+            for name, options in self.split_options.items()
+        }
         return EvalConfig(
             metrics=tuple(self.metrics),
             batch_size=self.batch_size,
@@ -65,7 +165,52 @@ class EvalScriptArguments(DataArguments):
             max_length=self.max_length,
             prompt_template=self.prompt_template,
             system_prompt=self.system_prompt,
+            splits=splits,
+            mia=self.mia,
+            privleak_score=self.privleak_score,
+            utility=self.utility,
+            forget_split=self.forget_split,
+            retain_split=self.retain_split,
+            attacks={name: self.attack_args.get(name, {}) for name in self.attacks},
+            attack_metrics=tuple(self.attack_metrics),
+            seed=self.seed,
         )
+
+    def _load(self, name: str, options: dict[str, Any]) -> Dataset:
+        if "benchmark" in options:
+            return load_benchmark(
+                options["benchmark"],
+                options["config"],
+                options.get("split", "train"),
+                source=self.benchmark_source or options.get("data"),
+            )
+        return self._load_optional(options["data"], options.get("config"), options.get("split", "train"))
+
+    def load_eval_splits(self) -> tuple[dict[str, Dataset], dict[str, list[tuple[str, str]]]]:
+        """Each split's data (a seeded sample of at most `max_items` rows) and each `fewshot_qa` split's shots."""
+        selection = None
+        datasets = {}
+        for name in self.splits:
+            options = self.split_options.get(name, {})
+            if self._data_options(name):
+                data = self._load(name, options)
+            else:
+                selection = selection or self.load_split()
+                data = getattr(selection, name)
+                if data is None:
+                    raise ValueError(
+                        f"the {name!r} split is asked for but the data arguments select none; give "
+                        f"{name}_subjects or {name}_data (e.g. holdout_data: builtin, holdout_data_split: holdout)."
+                    )
+            datasets[name] = sample(data, self.max_items, self.seed)
+        fewshot = {}
+        for name, options in self.split_options.items():
+            if "fewshot" in options:
+                shots = self._load(
+                    f"{name} shots", _mapping(options["fewshot"], f"split_options[{name!r}].fewshot")
+                )
+                fewshot[name] = list(zip(shots["question"], shots["answer"], strict=True))
+        return datasets, fewshot
 
 
 def sample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
@@ -76,7 +221,9 @@ def sample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
 
 
 def main(script_args: EvalScriptArguments) -> Path:
-    """Evaluate and write `output_dir/eval.json`; returns its path."""
+    """Evaluate and write `output_dir/eval.json` (and the report); returns its path. Under `accelerate launch`
+    every process evaluates a share of the items and the main process writes."""
+    state = PartialState()
     path = Path(script_args.output_dir) / "eval.json"
     if path.exists() and not script_args.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
@@ -87,23 +234,30 @@ def main(script_args: EvalScriptArguments) -> Path:
             raise FileNotFoundError(f"--reference_eval {script_args.reference_eval} does not exist.")
         reference = load_eval(script_args.reference_eval)
     started = time.perf_counter()
-    split = script_args.load_split()
-    available = {"forget": split.forget, "retain": split.retain, "holdout": split.holdout}
-    datasets = {name: available[name] for name in script_args.splits if available[name] is not None}
-    for name in script_args.extra_splits:
-        datasets[name] = load_records(script_args.dataset, config=script_args.dataset_config, split=name)
-    datasets = {
-        name: sample(data, script_args.max_items, script_args.seed) for name, data in datasets.items()
-    }
+    datasets, fewshot = script_args.load_eval_splits()
+    config = script_args.eval_config(fewshot)
     model, tokenizer = load_model_and_tokenizer(script_args.model_name_or_path, dtype=script_args.dtype)
-    result = evaluate_splits(model, tokenizer, datasets, script_args.eval_config(), reference=reference)
-    result["model"] = script_args.model_name_or_path
-    result["wall_time_s"] = time.perf_counter() - started
-    return save_eval(result, path)
+    model.to(state.device)
+    result = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+    result.update(
+        suite=script_args.suite,
+        model=script_args.model_name_or_path,
+        reference_eval=str(Path(script_args.reference_eval).resolve())
+        if script_args.reference_eval
+        else None,
+        num_processes=state.num_processes,
+        wall_time_s=time.perf_counter() - started,
+    )
+    if state.is_main_process:
+        save_eval(result, path)
+        if script_args.report:
+            write_report([path.parent], path.parent)
+    state.wait_for_everyone()
+    return path
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    """The eval parser, with `--config file.yaml`."""
+    """The eval parser, with `--config suite.yaml`."""
     if subparsers is not None:
         return subparsers.add_parser(
             "eval", help=__doc__.splitlines()[0], dataclass_types=[EvalScriptArguments]

@@ -1,0 +1,169 @@
+"""The shipped suites (eval/*.yaml): each parses into a valid eval config, and the TOFU and MUSE suites run end to
+end on local snapshots written in the Hub's schema, with membership inference, PrivLeak and forget quality
+against a reference eval."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from test_benchmark_loaders import (
+    FORGET10_PERTURBED,
+    HOLDOUT10,
+    KNOWMEM_FORGET_QA,
+    KNOWMEM_FORGET_QA_ICL,
+    PRIVLEAK,
+    REAL_AUTHORS_PERTURBED,
+    RETAIN_PERTURBED,
+    VERBMEM_FORGET,
+    WORLD_FACTS_PERTURBED,
+    write_muse,
+    write_tofu,
+)
+
+from llm_unlearn.evaluation import load_eval
+from llm_unlearn.scripts import evaluate
+
+SUITES = Path(__file__).resolve().parents[1] / "eval"
+
+
+def _args(suite: str, model_dir: str, output_dir: Path, *flags: str) -> evaluate.EvalScriptArguments:
+    (args,) = evaluate.make_parser().parse_args_and_config(
+        ["--config", str(SUITES / f"{suite}.yaml"), "--model_name_or_path", model_dir,
+         "--output_dir", str(output_dir), "--report", "false", *flags]
+    )  # fmt: skip
+    return args
+
+
+@pytest.mark.parametrize("suite", ["builtin", "tofu", "muse"])
+def test_every_shipped_suite_parses_into_a_valid_config(suite, tmp_path):
+    args = _args(suite, "unused", tmp_path)
+    config = args.eval_config()
+    assert args.suite == suite
+    assert set(args.splits) <= set(evaluate.SELECTION_SPLITS) | set(args.split_options)
+    assert config.mia is not None and config.mia["members"] in args.splits
+    assert config.mia["nonmembers"] in args.splits
+    assert config.attacks, "every suite runs at least one robustness attack"
+    for split in args.splits:
+        config.split_metrics(split)
+
+
+@pytest.fixture
+def tofu_snapshot(tmp_path: Path) -> Path:
+    directory = tmp_path / "TOFU"
+    directory.mkdir()
+    write_tofu(directory, "forget10_perturbed", FORGET10_PERTURBED)
+    write_tofu(directory, "holdout10", HOLDOUT10)
+    write_tofu(directory, "retain_perturbed", RETAIN_PERTURBED)
+    write_tofu(directory, "real_authors_perturbed", REAL_AUTHORS_PERTURBED)
+    write_tofu(directory, "world_facts_perturbed", WORLD_FACTS_PERTURBED)
+    return directory
+
+
+def test_tofu_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, tofu_snapshot, tmp_path):
+    flags = ["--benchmark_source", str(tofu_snapshot), "--max_new_tokens", "4", "--attacks", "paraphrase"]
+    path = evaluate.main(_args("tofu", tiny_model_dir, tmp_path / "first", *flags))
+    result = load_eval(path)
+    assert result["suite"] == "tofu"
+    assert list(result["splits"]) == ["forget", "holdout", "retain", "real_authors", "world_facts"]
+    forget = result["splits"]["forget"]
+    assert forget["num_items"] == len(FORGET10_PERTURBED)
+    assert [item["question"] for item in forget["items"]] == [row["question"] for row in FORGET10_PERTURBED]
+    # Membership inference added its per-item scores to both of its splits.
+    for split in ("forget", "holdout"):
+        assert all(math.isfinite(item["min_k_plus_plus"]) for item in result["splits"][split]["items"])
+    scores = result["mia"]["scores"]
+    assert 0.0 <= scores["loss"]["auc"] <= 1.0
+    assert scores["loss"]["n_members"] == 3 and scores["loss"]["n_nonmembers"] == 2
+    assert (
+        scores["loss_minus_reference"]["auc"] is None
+        and "no reference eval" in scores["loss_minus_reference"]["reason"]
+    )
+    # Real authors and world facts have no paraphrase: the truth ratio compares the answer itself.
+    assert all(item["truth_ratio"] is not None for item in result["splits"]["world_facts"]["items"])
+    assert set(result["summary"]["model_utility"]["inputs"]) == {
+        f"{split}/{name}"
+        for split, names in (
+            ("retain", ["probability", "rouge_l_recall", "truth_ratio_stat"]),
+            ("real_authors", ["probability_mc", "rouge_l_recall", "truth_ratio_stat"]),
+            ("world_facts", ["probability_mc", "rouge_l_recall", "truth_ratio_stat"]),
+        )
+        for name in names
+    }
+    assert result["summary"]["forget_quality"]["value"] is None
+    assert result["summary"]["privleak"]["value"] is None
+    assert "paraphrase" in result["attacks"]
+
+    # Against itself as the reference: identical truth ratios (KS p = 1), no leak, and a reference score of 0
+    # on every item, which no threshold separates (AUC 0.5).
+    again = load_eval(
+        evaluate.main(
+            _args("tofu", tiny_model_dir, tmp_path / "again", *flags, "--reference_eval", str(path))
+        )
+    )
+    assert again["summary"]["forget_quality"]["value"] == pytest.approx(1.0)
+    assert again["summary"]["privleak"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert again["mia"]["scores"]["loss_minus_reference"]["auc"] == pytest.approx(0.5)
+
+
+@pytest.fixture
+def muse_snapshot(tmp_path: Path) -> Path:
+    directory = tmp_path / "MUSE-News"
+    write_muse(directory, "verbmem", "forget", VERBMEM_FORGET)
+    write_muse(directory, "knowmem", "forget_qa", KNOWMEM_FORGET_QA)
+    write_muse(directory, "knowmem", "forget_qa_icl", KNOWMEM_FORGET_QA_ICL)
+    write_muse(directory, "knowmem", "retain_qa", {"question": ["Who won the cup?"], "answer": ["The Reds"]})
+    write_muse(directory, "knowmem", "retain_qa_icl", KNOWMEM_FORGET_QA_ICL)
+    for split, texts in PRIVLEAK.items():
+        write_muse(directory, "privleak", split, {"text": texts})
+    return directory
+
+
+def test_muse_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, muse_snapshot, tmp_path):
+    flags = ["--benchmark_source", str(muse_snapshot), "--max_new_tokens", "4"]
+    path = evaluate.main(_args("muse", tiny_model_dir, tmp_path / "first", *flags))
+    result = load_eval(path)
+    verbmem = result["splits"]["verbmem_forget"]
+    assert verbmem["format"] == "completion"
+    assert [item["answer"] for item in verbmem["items"]] == VERBMEM_FORGET["gt"]
+    assert all(isinstance(item["generation"], str) for item in verbmem["items"])
+    assert set(verbmem["aggregates"]) == {"rouge_l_f1"}
+    knowmem = result["splits"]["knowmem_forget"]
+    assert knowmem["format"] == "fewshot_qa" and knowmem["num_items"] == 2
+    # The document splits are scored only for membership inference (Min-40% and friends).
+    assert set(result["splits"]["privleak_forget"]["aggregates"]) == {
+        "loss",
+        "zlib",
+        "min_k",
+        "min_k_plus_plus",
+    }
+    assert result["mia"]["members"] == "privleak_forget"
+    assert result["summary"]["model_utility"]["inputs"] == {
+        "knowmem_retain/rouge_l_f1": result["splits"]["knowmem_retain"]["aggregates"]["rouge_l_f1"]["mean"]
+    }
+    assert "quantize_4bit" in result["attacks"]
+
+    again = load_eval(
+        evaluate.main(
+            _args("muse", tiny_model_dir, tmp_path / "again", *flags, "--reference_eval", str(path))
+        )
+    )
+    privleak = again["summary"]["privleak"]
+    assert privleak["score"] == "min_k" and privleak["value"] == pytest.approx(0.0, abs=1e-9)
+    assert privleak["reference_auc"] == result["mia"]["scores"]["min_k"]["auc"]
+
+
+def test_a_split_without_data_and_unknown_options_are_clear_errors(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"split 'world_facts' is not one of .* split_options must say where"
+    ):
+        evaluate.EvalScriptArguments(model_name_or_path="m", output_dir=str(tmp_path), splits=["world_facts"])
+    with pytest.raises(ValueError, match=r"split_options\['forget'\] has unknown keys \['metric'\]"):
+        evaluate.EvalScriptArguments(
+            model_name_or_path="m", output_dir=str(tmp_path), split_options={"forget": {"metric": ["loss"]}}
+        )
+    with pytest.raises(ValueError, match=r"attack_args names attacks \['relearn'\]"):
+        evaluate.EvalScriptArguments(
+            model_name_or_path="m", output_dir=str(tmp_path), attack_args='{"relearn": {"epochs": 1}}'
+        )
