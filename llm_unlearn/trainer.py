@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,8 +61,32 @@ class UnlearnConfig(TrainingArguments):
         },
     )
 
+    eval_every_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Run the eval suite of eval_config before training, every this many optimizer steps and at "
+            "the end, logging eval/<split>/<metric> and eval/summary/<name> (llm_unlearn/evaluation/callback.py)."
+        },
+    )
+    eval_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Suite YAML, as given to eval/run.py (data, splits, metrics, max_items, reference_eval), "
+            "for eval_every_steps."
+        },
+    )
+    best_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the best model by this eval number in output_dir/best ('forget_quality', "
+            "'forget/probability': names as in the CI gate); set greater_is_better too. The run's output "
+            "stays the final model."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check_eval_fields()
         if isinstance(self.method_args, str):
             try:
                 self.method_args = json.loads(self.method_args)
@@ -73,6 +98,26 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"method_args must be a mapping, got {type(self.method_args).__name__}.")
         # Validates the name and the hyperparameters now, before any model is loaded.
         get_method(self.method).make_config(self.method_args)
+
+    def _check_eval_fields(self) -> None:
+        """The eval-during-unlearning fields go together; checked before any model or data is loaded."""
+        if self.eval_every_steps is None:
+            if self.eval_config is not None or self.best_metric is not None:
+                raise ValueError(
+                    "eval_config and best_metric take effect with eval_every_steps; set eval_every_steps "
+                    "(e.g. 10) to evaluate during unlearning."
+                )
+            return
+        if self.eval_every_steps < 1:
+            raise ValueError(f"eval_every_steps must be at least 1, got {self.eval_every_steps}.")
+        if self.eval_config is None:
+            raise ValueError(
+                "eval_every_steps needs eval_config: a suite YAML as eval/run.py takes, e.g. eval/builtin.yaml."
+            )
+        if not Path(self.eval_config).is_file():
+            raise FileNotFoundError(
+                f"eval_config {self.eval_config!r} does not exist; give a suite YAML file."
+            )
 
 
 logger = logging.getLogger(__name__)
