@@ -1,5 +1,5 @@
-"""Scoring answer groups against one cached prompt gives what scoring every prompt + answer as its own sequence
-gives, on Llama, GPT-2 and a LoRA-wrapped model, whatever the batch size; and bad groups are refused."""
+"""Scoring answer groups against one cached prompt gives what scoring every prompt + answer as its own
+sequence gives, on Llama, GPT-2 and a LoRA-wrapped model, whatever the batch size; bad groups are refused."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The decode loop: greedy output equal to `model.generate`, finished rows leaving the batch, stop strings, and
-reproducible temperature / nucleus sampling."""
+"""The decode loop: greedy output equal to `model.generate`, finished rows leaving the batch, stop strings,
+and reproducible temperature / nucleus sampling."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def _reference(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, stop_st
     left = build_tiny_tokenizer()
     left.padding_side = "left"
     inputs = left(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    config.max_length = inputs["input_ids"].shape[1] + max_new_tokens
     with torch.no_grad():
         output = model.generate(**inputs, generation_config=config, tokenizer=left if stop_strings else None)
     rows = []
@@ -186,8 +187,8 @@ def test_a_tiny_top_p_keeps_only_the_most_likely_token(stopping_model, tokenizer
 
 
 def test_sampling_draws_from_the_temperature_scaled_nucleus():
-    # Logits log(0.5), log(0.3), log(0.2): top_p = 0.6 keeps the first two (0.5 < 0.6 <= 0.8), renormalised to
-    # 0.625 / 0.375. Temperature 2 first flattens p to sqrt(p) / sum sqrt(p): 0.417, 0.323, 0.264 (unchanged set).
+    # Logits log(0.5), log(0.3), log(0.2): top_p = 0.6 keeps the first two (0.5 < 0.6 <= 0.8), renormalised
+    # to 0.625 / 0.375. Temperature 2 flattens p to sqrt(p) / sum sqrt(p): 0.415, 0.322, 0.263.
     logits = torch.tensor([0.5, 0.3, 0.2]).log().repeat(4000, 1)
     rows = torch.arange(4000)
     nucleus = _NucleusSampler(temperature=1.0, top_p=0.6, seeds=range(4000))(logits, rows)

@@ -1,11 +1,11 @@
-"""Batched decoding from already formatted prompts: greedy (for ROUGE and other generation metrics) and sampled
-(for the leak@k attack, REFERENCE.md section 4).
+"""Batched decoding from already formatted prompts: greedy (for ROUGE and other generation metrics) and
+sampled (for the leak@k attack, REFERENCE.md section 4).
 
 Both run one decode loop over a key/value cache: the left-padded prompts of a batch go through the model once
 (the prefill), then each step feeds one token per row. A row leaves the batch as soon as it is finished (it
-produced an eos token, its text contains a stop string, or it reached `max_new_tokens`), so later steps compute
-only the rows still running instead of padding finished ones to the longest. The prompt cache is also what
-`statistics.score_answer_groups` continues from, so its helpers live here too.
+produced an eos token, its text contains a stop string, or it reached `max_new_tokens`), so later steps
+compute only the rows still running instead of padding finished ones to the longest. The prompt cache is also
+what `statistics.score_answer_groups` continues from, so its helpers live here too.
 """
 
 from __future__ import annotations
@@ -67,24 +67,25 @@ def greedy_generation_config(
     stop_strings: Sequence[str] = (),
 ) -> GenerationConfig:
     """Return the model's generation config turned into plain greedy decoding that stops at eos (and at
-    `stop_strings`) after at most `max_new_tokens`: what `model.generate` needs to decode as `generate_greedy`."""
+    `stop_strings`): what `model.generate` needs to decode as `generate_greedy` does. Set its `max_length` per
+    batch to the prompt width + `max_new_tokens`."""
     config = copy.deepcopy(model.generation_config)
     config.update(
         **_GREEDY,
         pad_token_id=_pad_token_id(tokenizer),
         eos_token_id=_eos_token_ids(model, tokenizer),
         stop_strings=list(stop_strings) or None,
-        max_new_tokens=max_new_tokens,
     )
-    # A model's own `max_length` (Llama-2 sets 4096) would make generate() warn that both bounds are set.
-    config.max_length = None
+    # A model's own `max_new_tokens` would take precedence over the per-batch `max_length`.
+    if model.generation_config.max_new_tokens is not None:
+        config.max_new_tokens = max_new_tokens
     return config
 
 
 def supports_prompt_cache(model: PreTrainedModel) -> bool:
     """Whether `model` can continue left-padded prompts from their key/value cache: its forward takes
-    `past_key_values` and `position_ids`, transformers gives it a standard dynamic cache, and it keeps no other
-    state (recurrent models and prompt-learning PEFT adapters do)."""
+    `past_key_values` and `position_ids`, transformers gives it a standard dynamic cache, and it keeps no
+    other state (recurrent models and prompt-learning PEFT adapters do)."""
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         return False
@@ -120,15 +121,15 @@ class PromptCache:
     past_key_values: Cache
     attention_mask: torch.Tensor  # [rows, cached positions], 0 at padding
     next_positions: torch.Tensor  # [rows], the position id of each row's next token (its true length so far)
-    last_logits: torch.Tensor  # [rows, vocab], the logits at each row's last token: they predict the next one
+    last_logits: torch.Tensor  # [rows, vocab], the logits that predict each row's next token
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep the given rows, in that order; an index may repeat (one prompt row becomes one row per answer
         or sample) or be left out (a finished row leaves the batch)."""
+        rows = rows.to(self.attention_mask.device)
         # `reorder_cache` is an index_select over the batch of every layer (keys/values, and the states of
         # linear-attention layers), which is all a row selection needs.
-        self.past_key_values.reorder_cache(rows.to(self.attention_mask.device))
-        rows = rows.to(self.attention_mask.device)
+        self.past_key_values.reorder_cache(rows)
         self.attention_mask = self.attention_mask[rows]
         self.next_positions = self.next_positions[rows]
         self.last_logits = self.last_logits[rows.to(self.last_logits.device)]
@@ -137,7 +138,8 @@ class PromptCache:
         self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """Run `input_ids` `[rows, T]` (right-padded where `attention_mask` is 0) after the cached positions,
-        keep their keys/values, and return their logits `[rows, T, vocab]`."""
+        keep their keys/values, and return their logits `[rows, T, vocab]` (`last_logits` is left to the
+        caller: with right padding, a row's last token is not in the last column)."""
         steps = torch.arange(input_ids.shape[1], device=self.next_positions.device)
         self.attention_mask = torch.cat([self.attention_mask, attention_mask], dim=1)
         logits = model(
@@ -148,15 +150,14 @@ class PromptCache:
             use_cache=True,
         ).logits
         self.next_positions = self.next_positions + attention_mask.sum(dim=1)
-        self.last_logits = logits[:, -1]
         return logits
 
 
 def prefill_prompts(
     model: PreTrainedModel, prompt_ids: Sequence[Sequence[int]], pad_token_id: int
 ) -> PromptCache:
-    """Run a batch of prompts (token ids, left-padded here) through `model` once with a key/value cache, keeping
-    only the logits of each prompt's last token."""
+    """Run a batch of prompts (token ids, left-padded here) through `model` once with a key/value cache,
+    keeping only the logits of each prompt's last token."""
     inputs = {name: tensor.to(model.device) for name, tensor in _left_pad(prompt_ids, pad_token_id).items()}
     attention_mask = inputs["attention_mask"]
     # Explicit positions: with left padding each row's first real token is position 0, as without padding.
@@ -166,8 +167,8 @@ def prefill_prompts(
     output = model(**inputs, position_ids=position_ids, use_cache=True, **kwargs)
     if not isinstance(output.past_key_values, Cache):
         raise TypeError(
-            f"{type(base).__name__} returned a {type(output.past_key_values).__name__} as its cache; continuing "
-            "prompts from their cache needs a transformers `Cache`."
+            f"{type(base).__name__} returned a {type(output.past_key_values).__name__} as its cache; "
+            "continuing prompts from their cache needs a transformers `Cache`."
         )
     return PromptCache(
         past_key_values=output.past_key_values,
@@ -181,8 +182,8 @@ def batches_of_rows(
     row_counts: Sequence[int], order: Sequence[int], batch_size: int
 ) -> list[list[tuple[int, range]]]:
     """Group the rows of items (item i has `row_counts[i]` rows: answers, samples) into batches of at most
-    `batch_size` rows, taking items in `order`; an item's rows share a batch (and so one prompt in the prefill)
-    unless it alone has more than `batch_size` rows. Each batch is a list of `(item, rows of that item)`."""
+    `batch_size` rows, taking items in `order`; an item's rows share a batch (and so one prompt in the
+    prefill) unless it alone has more than `batch_size` rows. Each batch is a list of `(item, its rows)`."""
     batches: list[list[tuple[int, range]]] = []
     current: list[tuple[int, range]] = []
     filled = 0
@@ -215,7 +216,7 @@ def _greedy_choice(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 class _NucleusSampler:
     """Temperature + nucleus (top-p) sampling (Holtzman et al. 2020) with one random stream per row: each row
-    draws one uniform number per step from its own generator, so its tokens do not depend on the other rows."""
+    draws one uniform number per step from its own generator, so its tokens do not depend on other rows."""
 
     def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]) -> None:
         self.temperature = temperature
@@ -274,7 +275,8 @@ def _decode(
             keep = (~finished).nonzero().squeeze(1)
             state.select_rows(keep)
             running, tokens = running[keep], tokens[keep]
-        state.extend(model, tokens.unsqueeze(1), torch.ones_like(tokens).unsqueeze(1))
+        step_inputs = tokens.unsqueeze(1)
+        state.last_logits = state.extend(model, step_inputs, torch.ones_like(step_inputs))[:, -1]
     return generated
 
 
@@ -290,8 +292,9 @@ def _complete(
     progress: str | None,
     make_chooser: Callable[[list[tuple[int, int]]], TokenChooser],
 ) -> list[list[str]]:
-    """`num_samples` completions of each prompt, in input order: each batch prefills its prompts once, repeats
-    every prompt's cache row once per sample, and decodes with the chooser made for its (prompt, sample) rows."""
+    """`num_samples` completions of each prompt, in input order: each batch prefills its prompts once,
+    repeats every prompt's cache row once per sample, and decodes with the chooser made for its (prompt,
+    sample) rows."""
     if not supports_prompt_cache(model):
         raise ValueError(
             f"{type(model).__name__} cannot continue prompts from a key/value cache (its forward needs "
@@ -344,8 +347,8 @@ def generate_greedy(
     stop_strings: Sequence[str] = (),
     progress: str | None = None,
 ) -> list[str]:
-    """Greedy completions of formatted `prompts` (no special tokens added), each cut at its first stop string and
-    stripped of surrounding whitespace, in input order.
+    """Greedy completions of formatted `prompts` (no special tokens added), each cut at its first stop string
+    and stripped of surrounding whitespace, in input order.
 
     A completion ends at the first eos token (the tokenizer's and those of the model's generation config), at
     `max_new_tokens`, or once its text contains a stop string; the tokens equal those of greedy
@@ -392,10 +395,12 @@ def generate_samples(
     progress: str | None = None,
 ) -> list[list[str]]:
     """`num_samples` sampled completions of each formatted prompt (temperature, then nucleus top-p filtering),
-    for the leak@k attack (REFERENCE.md section 4): does any of k samples at normal temperature leak the answer?
+    for the leak@k attack (REFERENCE.md section 4): does any of k samples at normal temperature leak the
+    answer?
 
-    Each prompt runs through the model once; its cache row is then repeated once per sample. `batch_size` counts
-    sequences decoded together (prompts x samples). Completions are cut and stripped as in `generate_greedy`.
+    Each prompt runs through the model once; its cache row is then repeated once per sample. `batch_size`
+    counts sequences decoded together (prompts x samples). Completions are cut and stripped as in
+    `generate_greedy`.
 
     Reproducibility: sample j of prompt i draws its random numbers from its own generator, seeded from
     (seed, i, j). The same arguments on the same machine give the same samples, and the random draws do not

@@ -171,8 +171,8 @@ def _check_groups(groups: Sequence[AnswerGroup]) -> None:
     for index, group in enumerate(groups):
         if not group.prompt_ids:
             raise ValueError(
-                f"answer group {index} has an empty prompt; the first answer token is predicted from the prompt's "
-                "last token, so a prompt needs at least one token."
+                f"answer group {index} has an empty prompt; the first answer token is predicted from the "
+                "prompt's last token, so a prompt needs at least one token."
             )
         if not group.answer_ids:
             raise ValueError(f"answer group {index} has no answers; give at least one answer per group.")
@@ -222,8 +222,8 @@ def _score_batch(
     pad_token_id: int,
     distribution_stats: bool,
 ) -> list[ItemStatistics]:
-    """Statistics of the answers in `batch` (`(group, answer indices)` pairs), in that order: one forward of the
-    batch's prompts, then one of all its answers, each continuing from its prompt's key/value cache."""
+    """Statistics of the answers in `batch` (`(group, answer indices)` pairs), in that order: one forward of
+    the batch's prompts, then one of all its answers, each continuing from its prompt's key/value cache."""
     state = prefill_prompts(model, [groups[group].prompt_ids for group, _ in batch], pad_token_id)
     answers = [groups[group].answer_ids[answer] for group, indices in batch for answer in indices]
     # Min-K%++ needs the distribution statistics of the item's own answer (the first) only.
@@ -284,16 +284,17 @@ def score_answer_groups(
     distribution_stats: bool = False,
     progress: str | None = None,
 ) -> list[list[ItemStatistics]]:
-    """Teacher-forced statistics of every answer of every group, as `compute_item_statistics` gives them for the
-    sequence prompt + answer with the prompt masked, but with each prompt run once: the answers continue from its
-    key/value cache. Returns one list per group, one `ItemStatistics` per answer, in input order.
+    """Teacher-forced statistics of every answer of every group, as `compute_item_statistics` gives them for
+    the sequence prompt + answer with the prompt masked, but with each prompt run once: the answers continue
+    from its key/value cache. Returns one list per group, one `ItemStatistics` per answer, in input order.
 
-    `batch_size` is the number of answer rows per forward; a batch holds whole groups (a group with more answers
-    is split, its prompt then runs once per part), longest answers first to cut padding. `distribution_stats=True`
-    adds Min-K%++'s `position_mean` / `position_std` (REFERENCE.md section 3) to the FIRST answer of each group
-    only (the item's own answer; the others, paraphrased or perturbed, only need log-probs); the other answers
-    have None there. A model that cannot continue from a cache (`generation.supports_prompt_cache`) is scored with
-    every answer as its own sequence instead: the same numbers, slower."""
+    `batch_size` is the number of answer rows per forward; a batch holds whole groups (a group with more
+    answers is split, its prompt then runs once per part), longest answers first to cut padding.
+    `distribution_stats=True` adds Min-K%++'s `position_mean` / `position_std` (REFERENCE.md section 3) to
+    the FIRST answer of each group only (the item's own answer; the others, paraphrased or perturbed, only
+    need log-probs); the other answers have None there. A model that cannot continue from a cache
+    (`generation.supports_prompt_cache`) is scored with every answer as its own sequence instead: the same
+    numbers, slower."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     _check_groups(groups)

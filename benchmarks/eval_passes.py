@@ -1,0 +1,154 @@
+"""The two evaluation passes that dominate a TOFU-style suite, old way against new way, in one run:
+
+(a) truth-ratio scoring of every item's paraphrased and perturbed answers: each answer as its own padded
+    sequence (`compute_item_statistics`) against the answers of an item continuing one cached prompt
+    (`score_answer_groups`);
+(b) greedy generation: `model.generate` on length-sorted, left-padded batches (a batch runs until its longest
+    row stops) against `generate_greedy`'s own decode loop (finished rows leave the batch), at 200 new tokens
+    (TOFU) and at 40.
+
+    python benchmarks/eval_passes.py [--model embedded] [--num_people 6] [--num_prompts 32] [--threads 1]
+
+Each pair prints both times, their ratio, and whether the results agree (log-probabilities within 1e-4 and the
+same argmax hits; identical generated texts). Ratios are taken within one run; absolute seconds depend on the
+machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from llm_unlearn.data.formatting import IGNORE_INDEX, format_qa
+from llm_unlearn.evaluation.generation import generate_greedy, greedy_generation_config
+from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
+
+
+def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def answer_groups(tokenizer, rows) -> tuple[list[dict[str, list[int]]], list[AnswerGroup]]:
+    """Every item's paraphrased + perturbed answers, as separate encoded sequences (the layout of `encode_qa`)
+    and as one group per item."""
+    sequences, groups = [], []
+    for row in rows:
+        prompt = format_qa(tokenizer, row["question"])[0]
+        completions = [
+            format_qa(tokenizer, row["question"], answer)[1]
+            for answer in [row["paraphrased_answer"], *row["perturbed_answer"]]
+        ]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+        groups.append(AnswerGroup(prompt_ids=prompt_ids, answer_ids=answer_ids))
+        sequences.extend(
+            {"input_ids": prompt_ids + answer, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer}
+            for answer in answer_ids
+        )
+    return sequences, groups
+
+
+def generate_with_model_generate(
+    model, tokenizer, prompts, *, max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Greedy completions the way `generate_greedy` made them before its own decode loop."""
+    config = greedy_generation_config(model, tokenizer, max_new_tokens=max_new_tokens)
+    left_padding = copy.deepcopy(tokenizer)
+    left_padding.padding_side = "left"
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
+    completions: dict[int, str] = {}
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            inputs = left_padding(
+                [prompts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt"
+            ).to(model.device)
+            config.max_length = inputs["input_ids"].shape[1] + max_new_tokens
+            output = model.generate(**inputs, generation_config=config)
+            texts = tokenizer.batch_decode(
+                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            completions.update({index: text.strip() for index, text in zip(batch, texts, strict=True)})
+    return [completions[index] for index in range(len(prompts))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded", help="`embedded`, a local directory or a Hub id.")
+    parser.add_argument(
+        "--num_people", type=int, default=6, help="Invented people (8 questions each) to score."
+    )
+    parser.add_argument("--num_prompts", type=int, default=32, help="Questions to generate answers for.")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, nargs="+", default=[200, 40])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from llm_unlearn.data.fictional import make_fictional_dataset
+    from llm_unlearn.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = list(make_fictional_dataset(num_people=args.num_people)["train"])
+    print(f"Model {args.model} ({type(model).__name__}), {torch.get_num_threads()} threads, ", end="")
+    print(f"batch size {args.batch_size}")
+
+    sequences, groups = answer_groups(tokenizer, rows)
+    # Warm-up, so that neither side pays the first call's one-off costs.
+    score_answer_groups(model, groups[:2], pad_token_id=pad)
+    separate, separate_s = timed(
+        compute_item_statistics, model, sequences, batch_size=args.batch_size, pad_token_id=pad
+    )
+    grouped, grouped_s = timed(
+        score_answer_groups, model, groups, batch_size=args.batch_size, pad_token_id=pad
+    )
+    grouped_flat = [stats for answers in grouped for stats in answers]
+    logprob_diff = max(
+        float(np.abs(a.logprobs - b.logprobs).max()) for a, b in zip(separate, grouped_flat, strict=True)
+    )
+    same_hits = all(
+        np.array_equal(a.argmax_hits, b.argmax_hits) for a, b in zip(separate, grouped_flat, strict=True)
+    )
+    tokens_separate = sum(len(item["input_ids"]) for item in sequences)
+    tokens_grouped = sum(len(g.prompt_ids) + sum(len(a) for a in g.answer_ids) for g in groups)
+    print(
+        f"\n(a) truth-ratio scoring: {len(groups)} items x {len(groups[0].answer_ids)} answers "
+        f"({tokens_separate} tokens as separate sequences, {tokens_grouped} grouped)"
+    )
+    print(f"  separate sequences (compute_item_statistics) {separate_s:8.1f} s")
+    print(f"  answer groups (score_answer_groups)          {grouped_s:8.1f} s")
+    print(f"  speed-up {separate_s / grouped_s:.2f}x; max |logprob difference| {logprob_diff:.2e}; ", end="")
+    print(f"same argmax hits: {same_hits}")
+
+    prompts = [format_qa(tokenizer, row["question"])[0] for row in rows[: args.num_prompts]]
+    print(f"\n(b) greedy generation: {len(prompts)} prompts")
+    for max_new_tokens in args.max_new_tokens:
+        settings = {"max_new_tokens": max_new_tokens, "batch_size": args.batch_size}
+        reference, reference_s = timed(generate_with_model_generate, model, tokenizer, prompts, **settings)
+        ours, ours_s = timed(generate_greedy, model, tokenizer, prompts, **settings)
+        lengths = [len(ids) for ids in tokenizer(ours, add_special_tokens=False)["input_ids"]]
+        identical = sum(a == b for a, b in zip(reference, ours, strict=True))
+        print(
+            f"  max_new_tokens={max_new_tokens}: completions of {min(lengths)} to {max(lengths)} tokens ",
+            end="",
+        )
+        print(f"(median {int(np.median(lengths))})")
+        print(f"    model.generate       {reference_s:8.1f} s")
+        print(f"    generate_greedy      {ours_s:8.1f} s")
+        print(f"    speed-up {reference_s / ours_s:.2f}x; identical outputs: {identical}/{len(prompts)}")
+
+
+if __name__ == "__main__":
+    main()
