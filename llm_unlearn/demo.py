@@ -1,5 +1,6 @@
 """`llm-unlearn demo`: the offline end-to-end run. Fine-tune a target model (all subjects) and a retain model
-(forget subjects left out), unlearn the forget subjects from the target, evaluate all three, print a table.
+(forget subjects left out), unlearn the forget subjects from the target, evaluate all three with the built-in
+suite (eval/builtin.yaml), print a table and write a comparison report.
 
 Each phase is a recipe run from the YAML configs in `configs/builtin/`, so the demo is exactly what a user gets
 from `accelerate launch recipes/... --config configs/builtin/...`.
@@ -18,22 +19,28 @@ from typing import Any
 from trl import TrlParser
 
 from llm_unlearn.evaluation import load_eval
+from llm_unlearn.evaluation.report import write_report
 from llm_unlearn.io import check_output_dir, write_json_atomic
 from llm_unlearn.methods import METHODS, get_method
 from llm_unlearn.models import EMBEDDED, embedded_checkpoint
 from llm_unlearn.scripts import evaluate, finetune, unlearn
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "builtin"
+REPO_SUITE = Path(__file__).resolve().parents[1] / "eval" / "builtin.yaml"
 MODES = ("lora", "full")
 # The unlearned model passes when it keeps at most half the target's forget probability and stays within
 # 20% of the target's retain probability.
 MAX_FORGET_RATIO = 0.5
 MAX_RETAIN_CHANGE = 0.2
-SHORT_METRIC_NAMES = {"probability": "prob", "rouge_l_recall": "ROUGE-L", "truth_ratio_stat": "TR"}
+SHORT_METRIC_NAMES = {
+    "probability": "prob", "probability_mc": "MC prob", "rouge_l_recall": "ROUGE-L", "truth_ratio_stat": "TR",
+    "min_k": "Min-K AUC",
+}  # fmt: skip
 # What the printed table shows; demo.json keeps every number.
 TABLE_COLUMNS = (
     "forget/probability", "forget/rouge_l_recall", "forget/truth_ratio_stat", "retain/probability",
-    "retain/rouge_l_recall", "world_facts/probability", "suite/forget_quality", "suite/model_utility",
+    "retain/rouge_l_recall", "world_facts/probability_mc", "mia/min_k", "suite/forget_quality",
+    "suite/model_utility", "suite/privleak",
 )  # fmt: skip
 
 
@@ -59,6 +66,9 @@ class DemoArguments:
         default="outputs/demo", metadata={"help": "Where models, evals and demo.json go."}
     )
     configs_dir: str = field(default=str(REPO_CONFIGS), metadata={"help": "Directory of the recipe configs."})
+    eval_suite: str = field(
+        default=str(REPO_SUITE), metadata={"help": "The eval suite every model is scored with."}
+    )
     finetune_epochs: float | None = field(default=None, metadata={"help": "Override fine-tuning epochs."})
     unlearn_epochs: float | None = field(default=None, metadata={"help": "Override unlearning epochs."})
     max_eval_items: int | None = field(default=None, metadata={"help": "Evaluate at most N items per split."})
@@ -119,6 +129,8 @@ def summary_row(eval_result: dict[str, Any]) -> dict[str, float]:
     for split, values in eval_result["splits"].items():
         for metric, aggregate in values["aggregates"].items():
             row[f"{split}/{metric}"] = aggregate["mean"] if "mean" in aggregate else aggregate["value"]
+    for score, value in eval_result.get("mia", {}).get("scores", {}).items():
+        row[f"mia/{score}"] = math.nan if value.get("auc") is None else value["auc"]
     for name, value in eval_result.get("summary", {}).items():
         row[f"suite/{name}"] = math.nan if value.get("value") is None else value["value"]
     return row
@@ -193,18 +205,25 @@ def main(args: DemoArguments) -> dict[str, Any]:
         unlearn_flags += ["--num_train_epochs", str(args.unlearn_epochs)]
     eval_flags = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
     rows, seconds = {}, {}
-    # The retain model is evaluated first: its per-item truth ratios are the reference for forget quality.
+    # The retain model is evaluated first: its per-item values are the reference for forget quality, PrivLeak
+    # and the reference membership score, and its attack results the control for the unlearned models'. The
+    # target needs no attacks: it has forgotten nothing for them to bring back.
     for name in ("retain", "target", *unlearned):
         reference = [] if name == "retain" else ["--reference_eval", str(dirs["retain"] / "eval.json")]
+        if name == "target":
+            reference += ["--attacks", "none"]
         if name in unlearned:
             phase = f"unlearn_{name}" if len(methods) > 1 else "unlearn"
             recipe(phase, unlearn, args.unlearn_config(unlearned[name]), "--method", unlearned[name],
                    "--output_dir", str(dirs[name]), *unlearn_flags)  # fmt: skip
             seconds[name] = phases[phase]
-        path = recipe(f"eval_{name}", evaluate, args.config("eval"), "--model_name_or_path", str(dirs[name]),
+        path = recipe(f"eval_{name}", evaluate, Path(args.eval_suite), "--model_name_or_path", str(dirs[name]),
                       "--output_dir", str(dirs[name]), "--overwrite", "true", *reference, *eval_flags)  # fmt: skip
         rows[name] = summary_row(load_eval(path))
     rows = {name: rows[name] for name in dirs}
+    report_md, report_html = _timed(
+        phases, "report", lambda: write_report(list(dirs.values()), out / "report")
+    )
     checks = {name: check_forgetting(rows["target"], rows[name]) for name in unlearned}
     seconds.update({name: phases[f"finetune_{name}"] for name in ("target", "retain")})
     table = format_table({name: {c: row[c] for c in TABLE_COLUMNS if c in row} for name, row in rows.items()},
@@ -216,6 +235,7 @@ def main(args: DemoArguments) -> dict[str, Any]:
         "table": rows,
         "train_seconds": seconds,
         "checks": checks,
+        "report": {"markdown": str(report_md), "html": str(report_html)},
         "phases_s": phases,
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
@@ -228,6 +248,7 @@ def main(args: DemoArguments) -> dict[str, Any]:
             f"retain probability change = {check['retain_probability_change']:.1%} "
             f"(needs <= {MAX_RETAIN_CHANGE:.0%}): {'PASS' if check['retain_passed'] else 'FAIL'}"
         )
+    print(f"report: {report_html} (and {report_md.name} beside it)")
     print(f"total wall time {summary['wall_time_s']:.0f} s; results in {out / 'demo.json'}")
     return summary
 

@@ -41,3 +41,17 @@ def test_demo_runs_offline_on_embedded_model(tmp_path):
     # The unlearning must have moved the forget set away from the target, whatever the slice size.
     target, unlearned = summary["table"]["target"], summary["table"]["unlearned"]
     assert unlearned["forget/probability"] < target["forget/probability"]
+    # The full suite ran: membership inference against the holdout people, the summary against the retain
+    # model, the robustness attacks on the unlearned model, and one report over the three models.
+    assert set(evaluation["mia"]["scores"]) >= {"loss", "min_k", "gradnorm", "loss_minus_reference"}
+    assert evaluation["summary"]["privleak"]["value"] is not None
+    assert set(evaluation["attacks"]) == {
+        "quantize_8bit",
+        "quantize_4bit",
+        "relearn",
+        "paraphrase",
+        "leak_at_k",
+    }
+    report = (out / "report" / "report.html").read_text()
+    assert all(name in report for name in ("target", "retain", "unlearned"))
+    assert (out / "report" / "report.md").is_file()

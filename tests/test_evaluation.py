@@ -332,7 +332,9 @@ def test_evaluate_splits_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
             assert aggregate["mean"] == pytest.approx(np.mean(values))
             assert aggregate["std"] == pytest.approx(np.std(values, ddof=1))
             # Every aggregate carries its bootstrap 95% interval, which brackets the mean.
-            assert min(values) <= aggregate["ci_low"] <= aggregate["mean"] <= aggregate["ci_high"] <= max(values)
+            assert (
+                min(values) <= aggregate["ci_low"] <= aggregate["mean"] <= aggregate["ci_high"] <= max(values)
+            )
     assert result["splits"]["forget"]["items"][2]["subject_id"] == 9
     assert result["splits"]["retain"]["items"][0]["subject_id"] is None
 
@@ -374,5 +376,7 @@ def test_unknown_metric_and_missing_columns_are_clear_errors(tiny_model, tiny_to
     with pytest.raises(ValueError, match="unknown metric 'nope'"):
         evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config)
     bad = {"forget": Dataset.from_dict({"question": ["q?"], "text": ["t"]})}
-    with pytest.raises(ValueError, match=r"split 'forget' \(format 'qa'\) lacks the column\(s\) \['answer'\]"):
+    with pytest.raises(
+        ValueError, match=r"split 'forget' \(format 'qa'\) lacks the column\(s\) \['answer'\]"
+    ):
         evaluate_splits(tiny_model, tiny_tokenizer, bad, EvalConfig(metrics=("probability",)))

@@ -27,7 +27,7 @@ from llm_unlearn.models import load_model_and_tokenizer
 # data in `split_options`.
 SELECTION_SPLITS = ("forget", "retain", "holdout")
 # Keys of a `split_options` entry that say where its data comes from; the rest are `SplitConfig` fields.
-DATA_KEYS = ("data", "benchmark", "config", "split", "fewshot")
+DATA_KEYS = ("data", "benchmark", "config", "split", "fewshot", "max_items")
 _SPLIT_CONFIG_KEYS = ("metrics", "format", "max_new_tokens", "stop_strings", "max_answer_tokens")
 
 
@@ -128,6 +128,8 @@ class EvalScriptArguments(DataArguments):
         self.mia = _mapping(self.mia, "mia") or None
         self.utility = _mapping(self.utility, "utility") or None
         self.attack_args = _mapping(self.attack_args, "attack_args")
+        if self.attacks == ["none"]:
+            self.attacks = []
         for name in self.splits:
             if name not in SELECTION_SPLITS and not self._data_options(name):
                 raise ValueError(
@@ -202,7 +204,9 @@ class EvalScriptArguments(DataArguments):
                         f"the {name!r} split is asked for but the data arguments select none; give "
                         f"{name}_subjects or {name}_data (e.g. holdout_data: builtin, holdout_data_split: holdout)."
                     )
-            datasets[name] = sample(data, self.max_items, self.seed)
+            # A split's own max_items and the global one both cap it.
+            limits = [limit for limit in (options.get("max_items"), self.max_items) if limit is not None]
+            datasets[name] = sample(data, min(limits, default=None), self.seed)
         fewshot = {}
         for name, options in self.split_options.items():
             if "fewshot" in options:
