@@ -85,13 +85,16 @@ def test_truth_ratio_matches_a_hand_computation(tiny_model, tiny_tokenizer):
 
 
 def test_truth_ratio_is_one_batched_pass(tiny_model, tiny_tokenizer):
-    calls = []
-    tiny_model.register_forward_hook(lambda *_: calls.append(1))
+    rows = []
+    tiny_model.register_forward_hook(
+        lambda module, args, kwargs, output: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     # The answers, paraphrased answers and perturbed answers of the forget items (3 + 3 + 5 = 11 sequences) go
-    # through one pass that also yields the answers' own statistics: 4 batches of at most 3.
-    config = EvalConfig(metrics=("truth_ratio",), batch_size=3)
+    # through one pass that also yields the answers' own statistics: the 3 prompts run once, as one batch, and
+    # the 11 answers continue from their cache as another.
+    config = EvalConfig(metrics=("truth_ratio",), batch_size=16)
     evaluate_splits(tiny_model, tiny_tokenizer, {"forget": Dataset.from_list(ROWS)}, config)
-    assert len(calls) == 4
+    assert rows == [3, 11]
 
 
 def test_forget_quality_against_a_reference_eval(tiny_model, tiny_tokenizer, tmp_path):

@@ -19,12 +19,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.evaluation import aggregate, membership
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
+from llm_unlearn.evaluation.attacks import AttackContext, attack_params, run_attack
 from llm_unlearn.evaluation.distributed import map_items
 from llm_unlearn.evaluation.generation import generate_greedy
 from llm_unlearn.evaluation.gradients import gradient_norms
 from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items
 from llm_unlearn.evaluation.metrics import AnswerGroupStatistics, Metric, get_metric
-from llm_unlearn.evaluation.statistics import compute_item_statistics
+from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 from llm_unlearn.io import write_json_atomic
 
 TRUTH_RATIO = "truth_ratio"
@@ -101,11 +102,9 @@ class EvalConfig:
                     f"'scores': {list(membership.MIA_SCORES)}}}."
                 )
             membership.check_scores(self.mia["scores"])
-        if self.attacks:
-            from llm_unlearn.evaluation.attacks import get_attack
-
-            for name in self.attacks:
-                get_attack(name)
+        for name, overrides in self.attacks.items():
+            # Bad attack names and parameters fail here, before the main evaluation runs.
+            attack_params(name, **overrides)
 
     def split_config(self, split: str) -> SplitConfig:
         """The split's settings; a split an attack derives from the forget split (`forget_rest`) is measured
@@ -135,30 +134,28 @@ def _answer_groups(
     model: PreTrainedModel, items: Sequence[EvalItem], config: EvalConfig, pad_token_id: int,
     distribution_stats: bool, progress: str,
 ) -> list[AnswerGroupStatistics]:  # fmt: skip
-    """Each item's answer, paraphrased answer and perturbed answers scored in one teacher-forced pass."""
-    encoded, spans = [], []
-    for item in items:
-        start = len(encoded)
-        answers = [
-            item.answer_ids,
-            *([item.paraphrased_ids] if item.paraphrased_ids else []),
-            *item.perturbed_ids,
-        ]
-        encoded.extend(
-            {"input_ids": item.prompt_ids + answer, "labels": [-100] * len(item.prompt_ids) + answer}
-            for answer in answers
+    """Each item's answer, paraphrased answer and perturbed answers scored in one teacher-forced pass, the
+    prompt run once per item and every answer continuing from its cache."""
+    groups = [
+        AnswerGroup(
+            prompt_ids=item.prompt_ids,
+            answer_ids=[
+                item.answer_ids,
+                *([item.paraphrased_ids] if item.paraphrased_ids else []),
+                *item.perturbed_ids,
+            ],
         )
-        spans.append((start, item.paraphrased_ids is not None, len(encoded)))
-    statistics = compute_item_statistics(
-        model, encoded, batch_size=config.batch_size, pad_token_id=pad_token_id, progress=progress,
-        distribution_stats=distribution_stats,
+        for item in items
+    ]
+    scored = score_answer_groups(
+        model, groups, batch_size=config.batch_size, pad_token_id=pad_token_id,
+        distribution_stats=distribution_stats, progress=progress,
     )  # fmt: skip
-    groups = []
-    for start, has_paraphrase, end in spans:
-        answer, *rest = statistics[start:end]
-        paraphrased = rest.pop(0) if has_paraphrase else None
-        groups.append(AnswerGroupStatistics(answer=answer, paraphrased=paraphrased, perturbed=tuple(rest)))
-    return groups
+    results = []
+    for item, (answer, *rest) in zip(items, scored, strict=True):
+        paraphrased = rest.pop(0) if item.paraphrased_ids else None
+        results.append(AnswerGroupStatistics(answer=answer, paraphrased=paraphrased, perturbed=tuple(rest)))
+    return results
 
 
 def _timed(timing: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
@@ -362,8 +359,6 @@ def _run_attacks(
     config: EvalConfig,
     timing: dict[str, float],
 ) -> dict[str, Any]:
-    from llm_unlearn.evaluation.attacks import AttackContext, run_attack
-
     def remeasure(attacked: PreTrainedModel, datasets: Mapping[str, Dataset]) -> dict[str, dict]:
         return {
             name: evaluate_split(attacked, tokenizer, name, data, config, config.attack_metrics)
