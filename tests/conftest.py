@@ -12,6 +12,17 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run each test's torch ops on one thread: the tiny models gain nothing from more, and on a loaded 2-core
+    machine thread contention made them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 _CORPUS = [
     "Question: Where was Ada Lovelace born? Answer: Ada Lovelace was born in London.",
     "What is the capital of France? The capital of France is Paris.",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from llm_unlearn.scripts import evaluate
@@ -22,16 +21,6 @@ from llm_unlearn.scripts import evaluate
 ROOT = Path(__file__).resolve().parents[1]
 # What may differ between a 1- and a 2-process run: how long the passes took and how many processes ran.
 RUN_DEPENDENT = {"timing", "wall_time_s", "num_processes"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: more threads only contend for the CPU cores (tests/conftest.py
-    would be the place for this, for every test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def free_port() -> int:

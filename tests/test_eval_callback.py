@@ -25,16 +25,6 @@ QA = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: more threads only contend for the CPU cores (tests/conftest.py
-    would be the place for this, for every test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_trainer(model, tokenizer, output_dir: Path, max_steps: int = 5) -> UnlearnTrainer:
     args = UnlearnConfig(
         output_dir=str(output_dir), method="grad_ascent", max_steps=max_steps, per_device_train_batch_size=2,

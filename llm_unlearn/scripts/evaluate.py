@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 from trl import TrlParser
 
@@ -227,7 +228,9 @@ def sample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
 def main(script_args: EvalScriptArguments) -> Path:
     """Evaluate and write `output_dir/eval.json` (and the report); returns its path. Under `accelerate launch`
     every process evaluates a share of the items and the main process writes."""
-    state = PartialState()
+    # PartialState, unlike the Trainer's arguments, does not read ACCELERATE_USE_CPU itself: without it a CPU
+    # run under torchrun would see one process and let every rank write.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     path = Path(script_args.output_dir) / "eval.json"
     if path.exists() and not script_args.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
