@@ -206,12 +206,13 @@ def main(args: DemoArguments) -> dict[str, Any]:
     eval_flags = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
     rows, seconds = {}, {}
     # The retain model is evaluated first: its per-item values are the reference for forget quality, PrivLeak
-    # and the reference membership score, and its attack results the control for the unlearned models'. The
-    # target needs no attacks: it has forgotten nothing for them to bring back.
+    # and the reference membership score. Of the attacks it runs the two whose result on a model that never
+    # saw the forget set is the control for the unlearned model's: relearning (what the attack itself teaches)
+    # and leak@k (what sampling guesses by chance). The target has forgotten nothing for an attack to bring back.
+    attacks = {"retain": ["--attacks", "relearn", "leak_at_k"], "target": ["--attacks", "none"]}
     for name in ("retain", "target", *unlearned):
         reference = [] if name == "retain" else ["--reference_eval", str(dirs["retain"] / "eval.json")]
-        if name == "target":
-            reference += ["--attacks", "none"]
+        reference += attacks.get(name, [])
         if name in unlearned:
             phase = f"unlearn_{name}" if len(methods) > 1 else "unlearn"
             recipe(phase, unlearn, args.unlearn_config(unlearned[name]), "--method", unlearned[name],

@@ -163,7 +163,7 @@ def test_a_split_without_data_and_unknown_options_are_clear_errors(tmp_path):
         evaluate.EvalScriptArguments(
             model_name_or_path="m", output_dir=str(tmp_path), split_options={"forget": {"metric": ["loss"]}}
         )
-    with pytest.raises(ValueError, match=r"attack_args names attacks \['relearn'\]"):
+    with pytest.raises(ValueError, match=r"attack_args names unknown attacks \['relearning'\]"):
         evaluate.EvalScriptArguments(
-            model_name_or_path="m", output_dir=str(tmp_path), attack_args='{"relearn": {"epochs": 1}}'
+            model_name_or_path="m", output_dir=str(tmp_path), attack_args='{"relearning": {"epochs": 1}}'
         )

@@ -1,8 +1,16 @@
-"""Evaluation: one teacher-forced pass per item, batched greedy generation, and metrics derived from them."""
+"""Evaluation: per-item passes (teacher forcing, answer groups against one cached prompt, generation, gradients),
+metrics derived from them, membership inference, robustness attacks, reports and the CI gate."""
 
 from llm_unlearn.evaluation.aggregate import summarize
-from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_splits, load_eval, save_eval
-from llm_unlearn.evaluation.generation import generate_greedy, greedy_generation_config
+from llm_unlearn.evaluation.evaluator import (
+    EvalConfig,
+    SplitConfig,
+    evaluate_split,
+    evaluate_splits,
+    load_eval,
+    save_eval,
+)
+from llm_unlearn.evaluation.generation import generate_greedy, generate_samples, greedy_generation_config
 from llm_unlearn.evaluation.metrics import (
     METRICS,
     Metric,
@@ -12,16 +20,25 @@ from llm_unlearn.evaluation.metrics import (
     rouge_l_f1,
     rouge_l_recall,
 )
-from llm_unlearn.evaluation.statistics import ItemStatistics, compute_item_statistics
+from llm_unlearn.evaluation.statistics import (
+    AnswerGroup,
+    ItemStatistics,
+    compute_item_statistics,
+    score_answer_groups,
+)
 
 __all__ = [
     "METRICS",
+    "AnswerGroup",
     "EvalConfig",
     "ItemStatistics",
     "Metric",
+    "SplitConfig",
     "compute_item_statistics",
+    "evaluate_split",
     "evaluate_splits",
     "generate_greedy",
+    "generate_samples",
     "get_metric",
     "greedy_generation_config",
     "load_eval",
@@ -30,5 +47,6 @@ __all__ = [
     "rouge_l_f1",
     "rouge_l_recall",
     "save_eval",
+    "score_answer_groups",
     "summarize",
 ]
