@@ -186,6 +186,30 @@ def test_summary_and_split_names(
     assert gate(GateArguments(eval_json=path, checks=["forget/probability>0.5"]))[0].measurement.value == 0.9
 
 
+def test_membership_auc_and_attack_names(tmp_path: Path) -> None:
+    path = tmp_path / "eval.json"
+    write_eval(path, aggregates={"forget": {"probability": 0.2}})
+    result = json.loads(path.read_text())
+    result["mia"] = {
+        "members": "forget",
+        "nonmembers": "holdout",
+        "scores": {
+            "min_k": {"auc": 0.55, "ci_low": 0.4, "ci_high": 0.7, "n_members": 16, "n_nonmembers": 16}
+        },
+    }
+    result["attacks"] = {
+        "quantize_4bit": {"splits": {"forget": {"probability": {"mean": 0.3, "n": 16}}}, "baseline": {}}
+    }
+    path.write_text(json.dumps(result))
+    results = gate(
+        GateArguments(
+            eval_json=str(path), checks=["mia/min_k>=0.45", "attack/quantize_4bit/forget/probability<=0.25"]
+        )
+    )
+    assert [(r.measurement.value, r.passed) for r in results] == [(0.55, True), (0.3, False)]
+    assert (results[0].measurement.ci_low, results[0].measurement.ci_high) == (0.4, 0.7)
+
+
 # Relative thresholds
 
 

@@ -27,25 +27,13 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_splits, save_eval
-from llm_unlearn.evaluation.gate import EvalValues, GateInputError
+from llm_unlearn.evaluation.gate import EvalValues, GateInputError, eval_values
 from llm_unlearn.io import atomic_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LOG_PREFIX = "eval/"
-
-
-def eval_values(result: Mapping[str, Any], source: str) -> EvalValues:
-    """An eval result's numbers indexed by name as the CI gate indexes an eval.json: summary values and the
-    `split/metric` aggregates (a summary name wins)."""
-    entries: dict[str, Any] = {
-        f"{split}/{metric}": aggregate
-        for split, body in result["splits"].items()
-        for metric, aggregate in body["aggregates"].items()
-    }
-    entries.update(result.get("summary", {}))
-    return EvalValues(source, "eval", entries)
 
 
 def log_numbers(result: Mapping[str, Any], values: EvalValues) -> dict[str, float]:
@@ -129,7 +117,7 @@ class UnlearningEvalCallback(TrainerCallback):
         # against before any weight changes. It is not a best candidate: best/ holds an unlearned model.
         result = self.evaluate(state.global_step)
         if self.best_metric is not None:
-            self._check_best_metric(eval_values(result, "the eval before training"))
+            self._check_best_metric(eval_values(result, "the eval before training", "eval"))
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -156,7 +144,7 @@ class UnlearningEvalCallback(TrainerCallback):
             )
         finally:
             model.train(was_training)
-        numbers = log_numbers(result, eval_values(result, f"step {step}"))
+        numbers = log_numbers(result, eval_values(result, f"step {step}", "eval"))
         self.trainer.log(dict(numbers))
         self.evaluated_steps.append(step)
         self.last = {"step": step, "logged": numbers}
@@ -167,7 +155,7 @@ class UnlearningEvalCallback(TrainerCallback):
         result = self.evaluate(step)
         if self.best_metric is None:
             return
-        value = eval_values(result, f"step {step}").measure(self.best_metric).value
+        value = eval_values(result, f"step {step}", "eval").measure(self.best_metric).value
         self.last["value"] = value
         if self._improves(value):
             self.best = {

@@ -1,8 +1,10 @@
 """Gate CI on an eval.json: checks such as `forget_quality>=0.05` or `model_utility>=0.9*target`; prints a
 table and returns 0 when every check passes, 1 when one fails and 2 for bad input.
 
-A check is `NAME OP RHS`. NAME is a key of the file's top-level `summary` (`forget_quality`) or `split/metric`,
-the mean of that split's aggregate (`forget/probability`); a summary key wins if both exist. OP is one of
+A check is `NAME OP RHS`. NAME is a key of the file's top-level `summary` (`forget_quality`, `privleak`), or
+`split/metric`, the mean of that split's aggregate (`forget/probability`), or `mia/score`, a membership AUC
+(`mia/min_k`), or `attack/name/split/metric`, a mean after a robustness attack
+(`attack/quantize_4bit/forget/probability`); a summary key wins if a name exists twice. OP is one of
 `>=`, `<=`, `>`, `<`, `==`. RHS is a number, or `REF`, `k*REF`, `REF+c`, `REF-c` (or `k*REF+c`) where REF is
 `target` or `retain`: the same NAME in the eval.json given with `--target` or `--retain`. Values within a
 relative 1e-9 of the threshold count as equal, so `0.9*target` is not missed by floating-point rounding.
@@ -29,7 +31,8 @@ from llm_unlearn.io import write_json_atomic
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 REFERENCES = ("target", "retain")
 GRAMMAR = (
-    "A check is 'NAME OP RHS': NAME is a summary key (forget_quality) or split/metric (forget/probability); "
+    "A check is 'NAME OP RHS': NAME is a summary key (forget_quality), split/metric (forget/probability), "
+    "mia/score (mia/min_k) or attack/name/split/metric (attack/relearn/forget_rest/probability); "
     "OP is one of >=, <=, >, <, ==; RHS is a number (0.05) or REF, k*REF, REF+c, REF-c, k*REF+c with REF "
     "'target' or 'retain' (0.9*target, retain-0.1)."
 )
@@ -143,13 +146,26 @@ def load_eval_values(path: str, role: str) -> EvalValues:
             f"{role} {path!r} is not an eval.json: expected a JSON object with a 'summary' object and/or a "
             "'splits' object whose splits hold 'aggregates'."
         )
+    return eval_values(data, path, role)
+
+
+def eval_values(result: Mapping[str, Any], path: str, role: str) -> EvalValues:
+    """An eval result's numbers by name: summary values, `split/metric` aggregates, `mia/score` AUCs and
+    `attack/name/split/metric` means after each robustness attack (a summary name wins)."""
     entries: dict[str, Any] = {
         f"{split}/{metric}": aggregate
-        for split, body in splits.items()
+        for split, body in result.get("splits", {}).items()
         if isinstance(body, Mapping) and isinstance(body.get("aggregates"), Mapping)
         for metric, aggregate in body["aggregates"].items()
     }
-    entries.update(summary)
+    for score, body in (result.get("mia") or {}).get("scores", {}).items():
+        entries[f"mia/{score}"] = {**body, "value": body.get("auc")}
+    for attack, body in (result.get("attacks") or {}).items():
+        for split, aggregates in body.get("splits", {}).items():
+            entries.update(
+                {f"attack/{attack}/{split}/{metric}": value for metric, value in aggregates.items()}
+            )
+    entries.update(result.get("summary", {}))
     return EvalValues(path, role, entries)
 
 
