@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from llm_unlearn.evaluation.aggregate import roc_auc, roc_curve
 
@@ -81,6 +81,8 @@ def truth_ratio_figure(ratios: Mapping[str, Sequence[float]]) -> bytes:
         )
     for axis in (histogram, ecdf):
         axis.set_xscale("log")
+        # Labelled minor ticks of a narrow log range overlap one another.
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
         axis.set_xlabel("truth ratio R (log scale)")
         axis.legend(fontsize="small")
