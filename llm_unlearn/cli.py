@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 # Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
 # loading transformers and trl takes seconds.
@@ -20,6 +21,27 @@ COMMANDS = {
     ),
     "report": ("llm_unlearn.scripts.report", "Write report.md and report.html (plots) from eval.json."),
 }
+
+
+class OptionalPositional(argparse.Action):
+    """A positional argument that may also come as `--name` or from `--config`: when it is absent from the command
+    line nothing is stored, so the flag's or the config's value stands (`llm-unlearn gate EVAL_JSON`,
+    `llm-unlearn report RUN_DIR...`)."""
+
+    # TrlParser gives every action whose dest is a config key the config's value as default, and argparse stores
+    # an absent positional's default last, over the flag given on the command line. A default that is always
+    # SUPPRESS makes argparse skip the absent positional.
+    default = property(lambda self: argparse.SUPPRESS, lambda self, value: None)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values:
+            setattr(namespace, self.dest, values)
 
 
 def main(argv: list[str] | None = None) -> int:

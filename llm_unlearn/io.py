@@ -13,21 +13,26 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write `obj` as indented JSON to `path` through a temporary file in the same directory."""
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write `text` to `path` through a temporary file in the same directory: a reader sees the old file or the
+    whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=False, allow_nan=True)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write `obj` as indented JSON to `path` atomically (`write_text_atomic`)."""
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n", path)
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:

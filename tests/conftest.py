@@ -73,6 +73,17 @@ def build_tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Llama
     return LlamaForCausalLM(config).eval()
 
 
+def sharpen(model: torch.nn.Module) -> torch.nn.Module:
+    """Larger random weights (seeded): log-probabilities, argmax hits and greedy continuations then vary from
+    position to position and from prompt to prompt, as they would not with the initialiser's tiny weights."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()

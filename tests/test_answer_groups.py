@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama, build_tiny_tokenizer
+from conftest import build_tiny_llama, build_tiny_tokenizer, sharpen
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -32,16 +32,6 @@ QUESTIONS_AND_ANSWERS = [
 ]
 
 
-def _sharpen(model: torch.nn.Module) -> torch.nn.Module:
-    """Larger random weights, so that log-probabilities and argmax hits vary from position to position."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tiny_tokenizer()
@@ -49,7 +39,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    return _sharpen(build_tiny_llama(tokenizer))
+    return sharpen(build_tiny_llama(tokenizer))
 
 
 def _greedy_continuation(model, prompt_ids: list[int], length: int) -> list[int]:
@@ -138,13 +128,13 @@ def test_distribution_statistics_come_for_each_groups_first_answer(model, tokeni
 
 
 def test_gpt2_and_a_lora_wrapped_model_score_the_same_way(tokenizer, groups):
-    gpt2 = _sharpen(
+    gpt2 = sharpen(
         GPT2LMHeadModel(
             GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256)
         )
     )
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    wrapped = get_peft_model(_sharpen(build_tiny_llama(tokenizer)), lora).eval()
+    wrapped = get_peft_model(sharpen(build_tiny_llama(tokenizer)), lora).eval()
     for model in (gpt2, wrapped):
         scored = score_answer_groups(model, groups, batch_size=4, pad_token_id=tokenizer.pad_token_id)
         _assert_equal(scored, _as_sequences(model, groups, tokenizer.pad_token_id))

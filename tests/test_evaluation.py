@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama, build_tiny_tokenizer
+from conftest import build_tiny_llama, build_tiny_tokenizer, sharpen
 from datasets import Dataset
 
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, encode_text, format_qa
@@ -176,24 +176,13 @@ def _one_by_one(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]
     return output[0, input_ids.shape[1] :].tolist()
 
 
-def _sharp_tiny_llama(tokenizer):
-    """The tiny Llama with larger weights: its greedy continuations differ from prompt to prompt."""
-    model = build_tiny_llama(tokenizer)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return model
-
-
 def _prompts(tokenizer) -> list[str]:
     return [format_qa(tokenizer, question)[0] for question, _ in QA]
 
 
 def test_batched_left_padded_generation_equals_one_by_one():
     tokenizer = build_tiny_tokenizer()
-    model = _sharp_tiny_llama(tokenizer)
+    model = sharpen(build_tiny_llama(tokenizer))
     prompts = _prompts(tokenizer)
     expected = [
         tokenizer.decode(_one_by_one(model, tokenizer, prompt, 12), skip_special_tokens=True).strip()
@@ -210,7 +199,7 @@ def test_batched_left_padded_generation_equals_one_by_one():
 
 def test_generation_cuts_at_the_first_stop_string():
     tokenizer = build_tiny_tokenizer()
-    model = _sharp_tiny_llama(tokenizer)
+    model = sharpen(build_tiny_llama(tokenizer))
     prompts = _prompts(tokenizer)
     full = generate_greedy(model, tokenizer, prompts, max_new_tokens=12)
     stop = full[0][4:6]
@@ -226,7 +215,7 @@ def test_generation_cuts_at_the_first_stop_string():
 
 def test_generation_stops_at_the_models_generation_config_eos():
     tokenizer = build_tiny_tokenizer()
-    model = _sharp_tiny_llama(tokenizer)
+    model = sharpen(build_tiny_llama(tokenizer))
     prompt = _prompts(tokenizer)[0]
     tokens = _one_by_one(model, tokenizer, prompt, 10)
     stop_token = tokens[3]
@@ -238,7 +227,7 @@ def test_generation_stops_at_the_models_generation_config_eos():
 
 def test_generation_is_plain_greedy_whatever_the_models_generation_config():
     tokenizer = build_tiny_tokenizer()
-    model = _sharp_tiny_llama(tokenizer)
+    model = sharpen(build_tiny_llama(tokenizer))
     prompts = _prompts(tokenizer)
     expected = generate_greedy(model, tokenizer, prompts, max_new_tokens=6)
     # As a Llama-2 generation_config.json does: sampling flags, a max_length, and a penalty.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_llama, build_tiny_tokenizer
+from conftest import build_tiny_llama, build_tiny_tokenizer, sharpen
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_unlearn.data.formatting import format_qa
@@ -25,16 +25,6 @@ QUESTIONS = [
     "Who?",
 ]
 MAX_NEW_TOKENS = 12
-
-
-def _sharpen(model: torch.nn.Module) -> torch.nn.Module:
-    """Larger random weights: the greedy continuations differ from prompt to prompt."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +63,7 @@ def _texts(tokenizer, rows: list[list[int]]) -> list[str]:
 def stopping_model(tokenizer, prompts):
     """The sharpened tiny Llama whose generation config also ends a completion at a token that its greedy
     continuations produce early in some rows, later in others and never in the rest."""
-    model = _sharpen(build_tiny_llama(tokenizer))
+    model = sharpen(build_tiny_llama(tokenizer))
     free_running = _reference(model, tokenizer, prompts)
 
     def first_steps(token: int) -> set[int]:
@@ -132,7 +122,7 @@ def test_greedy_equals_model_generate_on_gpt2(tokenizer, prompts):
         n_positions=256,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = _sharpen(GPT2LMHeadModel(config))
+    model = sharpen(GPT2LMHeadModel(config))
     expected = _texts(tokenizer, _reference(model, tokenizer, prompts))
     assert generate_greedy(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=4) == expected
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from trl import TrlParser
 
+from llm_unlearn.cli import OptionalPositional
 from llm_unlearn.io import write_json_atomic
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
@@ -347,24 +348,6 @@ def main(args: GateArguments) -> int:
     return EXIT_PASS if all(result.passed for result in results) else EXIT_FAIL
 
 
-class _EvalJsonPositional(argparse.Action):
-    """EVAL_JSON as a positional; when it is absent nothing is stored, so --eval_json or the config value stands."""
-
-    # TrlParser.set_defaults_with_config gives every action with a matching dest the config's value as default;
-    # argparse then stores an absent optional positional's default last, over an --eval_json given on the command
-    # line. A default that is always SUPPRESS makes argparse skip the absent positional.
-    default = property(lambda self: argparse.SUPPRESS, lambda self, value: None)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-
-
 class _GateParser(TrlParser):
     """A TrlParser whose config-file and argument errors end with argparse's usage message and exit code 2."""
 
@@ -383,7 +366,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     else:
         parser = _GateParser([GateArguments], prog=prog, description=__doc__)
     parser.add_argument(
-        "eval_json", nargs="?", action=_EvalJsonPositional, metavar="EVAL_JSON", help="eval.json to gate."
+        "eval_json", nargs="?", action=OptionalPositional, metavar="EVAL_JSON", help="eval.json to gate."
     )
     parser.add_argument(
         "--check",

@@ -9,20 +9,18 @@ escapes it for GitHub and the HTML renderer with `html.escape`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llm_unlearn.evaluation import plots
-from llm_unlearn.io import atomic_directory
+from llm_unlearn.io import atomic_directory, write_text_atomic
 
 FILES_DIR = "report_files"
 # Summary values shown first, in this order; other summary keys follow.
@@ -600,19 +598,6 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
     )
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _file_names(blocks: Sequence[Block]) -> dict[int, str]:
     """A distinct, filesystem-safe PNG name for each Image block, by block index."""
     names: dict[int, str] = {}
@@ -671,6 +656,6 @@ def write_report(
             for index, name in files.items():
                 (folder / name).write_bytes(blocks[index].png)
     markdown = render_markdown(blocks, {index: f"{FILES_DIR}/{name}" for index, name in files.items()})
-    markdown_path = _write_text_atomic(markdown, output / "report.md")
-    html_path = _write_text_atomic(render_html(blocks, title), output / "report.html")
+    markdown_path = write_text_atomic(markdown, output / "report.md")
+    html_path = write_text_atomic(render_html(blocks, title), output / "report.html")
     return markdown_path, html_path

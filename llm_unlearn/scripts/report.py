@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from trl import TrlParser
 
+from llm_unlearn.cli import OptionalPositional
 from llm_unlearn.evaluation.report import write_report
 
 
@@ -58,25 +58,6 @@ def main(script_args: ReportScriptArguments) -> tuple[Path, Path]:
     return paths
 
 
-class _RunDirsPositional(argparse.Action):
-    """RUN_DIRs as positionals; when none is given nothing is stored, so --run_dirs or the config value stands."""
-
-    # TrlParser gives every action whose dest is a config key the config's value as default, and argparse stores
-    # an absent positional's default last, over a --run_dirs given on the command line. A default that is always
-    # SUPPRESS makes argparse skip the absent positional.
-    default = property(lambda self: argparse.SUPPRESS, lambda self, value: None)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        if values:
-            setattr(namespace, self.dest, list(values))
-
-
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
     """The report parser: RUN_DIR positionals (or --run_dirs), --output_dir, --labels, --title, --config."""
     if subparsers is not None:
@@ -86,7 +67,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     else:
         parser = TrlParser([ReportScriptArguments], prog=prog, description=__doc__)
     parser.add_argument(
-        "run_dirs", nargs="*", action=_RunDirsPositional, metavar="RUN_DIR", help="Run directories."
+        "run_dirs", nargs="*", action=OptionalPositional, metavar="RUN_DIR", help="Run directories."
     )
     return parser
 
