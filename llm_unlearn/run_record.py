@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -19,6 +20,8 @@ from transformers import Trainer
 from llm_unlearn.data.loading import fingerprint
 from llm_unlearn.data.selection import subject_ids
 from llm_unlearn.io import check_output_dir, write_json_atomic
+from llm_unlearn.manifest import artifact_manifest
+from llm_unlearn.models import ADAPTER_CONFIG
 
 LIBRARIES = ("llm-unlearn", "torch", "transformers", "peft", "accelerate", "trl", "datasets")
 
@@ -55,6 +58,33 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def run_inputs(model_name_or_path: str, script_args: Any) -> list[str]:
+    """What a run read, in order and once each: the model (and, for an adapter directory, the base it names),
+    then every data source that is a local file or directory (`builtin` is generated, not read)."""
+    inputs = [model_name_or_path]
+    adapter_dir = Path(model_name_or_path).expanduser()
+    if (adapter_dir / ADAPTER_CONFIG).is_file():
+        base = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        if base:
+            # The loader resolves a relative base against the adapter directory; so does this record.
+            relative = adapter_dir / base
+            inputs.append(
+                str(relative.resolve()) if not Path(base).is_absolute() and relative.exists() else base
+            )
+    for name in ("dataset", "forget_data", "holdout_data"):
+        source = getattr(script_args, name, None)
+        if source and Path(source).expanduser().exists():
+            inputs.append(source)
+    return list(dict.fromkeys(inputs))
+
+
+def _commit_hash(model: Any) -> str | None:
+    # transformers records the resolved Hub commit of a downloaded checkpoint here (None for local files);
+    # PEFT wraps the model, so look through to the base model's config.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_commit_hash", None)
+
+
 def staging_dir(output_dir: str | os.PathLike) -> Path:
     """The directory a run writes into before it is complete (same name on every rank)."""
     output_dir = Path(output_dir).resolve()
@@ -84,7 +114,8 @@ def finish_run(
     started: float,
 ) -> Path:
     """Save model (or adapter) and tokenizer, write run.json (the recipe's `record` plus what every run
-    records), and move the staging directory into place."""
+    records, with `artifacts`: the manifest of what it read and wrote), and move the staging directory into
+    place."""
     output_dir = Path(output_dir).resolve()
     staging = Path(trainer.args.output_dir)
     trainer.save_model(str(staging))
@@ -105,6 +136,12 @@ def finish_run(
             "wall_time_s": time.perf_counter() - started,
             "versions": library_versions(),
             "log_history": trainer.state.log_history,
+            # After the save and the checkpoint clean-up, so `wrote` is exactly what lands in output_dir.
+            "artifacts": artifact_manifest(
+                run_inputs(model_args.model_name_or_path, script_args),
+                staging,
+                revisions={model_args.model_name_or_path: _commit_hash(trainer.model)},
+            ),
         }
         write_json_atomic(jsonable(record), staging / "run.json")
         if output_dir.exists():
