@@ -20,6 +20,7 @@ COMMANDS = {
         "Check eval.json against thresholds; exit 0 pass, 1 fail, 2 bad input.",
     ),
     "report": ("llm_unlearn.scripts.report", "Write report.md and report.html (plots) from eval.json."),
+    "sisa": ("llm_unlearn.scripts.sisa", "Train a SISA ensemble of shard adapters, or delete subjects from one."),
     "push": ("llm_unlearn.scripts.push", "Publish a run's model (or adapter), card and reports on the Hub."),
 }
 

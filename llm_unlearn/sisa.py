@@ -1,0 +1,373 @@
+"""SISA, exact unlearning with sharded LoRA adapters (Bourtoule et al. 2021, arXiv 1912.03817; REFERENCE.md
+section 5): the plan that puts each training subject into one of k shards and one of r slices, the layout of a
+SISA directory, and the ensemble that serves it.
+
+Each shard trains its own LoRA adapter on the shared frozen base, one slice at a time, with a checkpoint after
+each slice. The served model averages the shard models' next-token probabilities. Deleting a subject retrains
+only its shard, from the checkpoint taken before the subject's slice (`llm_unlearn.scripts.sisa`). A SISA
+directory holds:
+
+    sisa.json                          the plan, the checkpoints' content hashes, the training costs, the deletions
+    shards/shard-<i>/init/             shard i's adapter before any training
+    shards/shard-<i>/slice-<j>/        shard i's adapter after training on slices 0..j (the last one is served)
+    tokenizer files                    the base model's tokenizer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import Linear as LoraLinear
+from torch import nn
+from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+SISA_FILE = "sisa.json"
+SISA_FORMAT = "llm_unlearn.sisa/1"
+SHARDS_DIR = "shards"
+INIT_CHECKPOINT = "init"
+# The files that make an adapter checkpoint; PEFT's README.md beside them is a generated card, not weights.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def plan_shards(
+    subject_counts: Mapping[str, int], num_shards: int, num_slices: int, seed: int
+) -> dict[str, tuple[int, int]]:
+    """Assign each subject to a (shard, slice): deterministic for a given `seed`, with shards balanced by
+    example count and each shard's slices balanced in turn (largest subject first into the lightest bin)."""
+    if num_shards < 1 or num_slices < 1:
+        raise ValueError(f"num_shards and num_slices must be at least 1, got {num_shards} and {num_slices}.")
+    if len(subject_counts) < num_shards * num_slices:
+        raise ValueError(
+            f"{num_shards} shards x {num_slices} slices need at least {num_shards * num_slices} subjects (one per "
+            f"slice), but the data has {len(subject_counts)}; lower num_shards or num_slices."
+        )
+    # Largest subjects first; between equal counts a seeded hash of the id decides, so a subject's place in the
+    # order does not depend on which other subjects are in the data.
+    order = sorted(
+        subject_counts,
+        key=lambda subject: (
+            -subject_counts[subject],
+            hashlib.sha256(f"{seed}\0{subject}".encode()).hexdigest(),
+        ),
+    )
+    shard_of = _fill_lightest(order, subject_counts, num_shards)
+    plan = {}
+    for shard in range(num_shards):
+        members = [subject for subject in order if shard_of[subject] == shard]
+        for subject, slice_index in _fill_lightest(members, subject_counts, num_slices).items():
+            plan[subject] = (shard, slice_index)
+    return plan
+
+
+def _fill_lightest(order: Sequence[str], counts: Mapping[str, int], bins: int) -> dict[str, int]:
+    """Put each subject, in `order`, into the bin with the fewest examples so far (the lowest index on ties)."""
+    loads = [0] * bins
+    placed = {}
+    for subject in order:
+        target = min(range(bins), key=lambda index: (loads[index], index))
+        placed[subject] = target
+        loads[target] += counts[subject]
+    return placed
+
+
+def shard_dir(root: str | os.PathLike, shard: int) -> Path:
+    """The directory of shard `shard`'s checkpoints."""
+    return Path(root) / SHARDS_DIR / f"shard-{shard}"
+
+
+def checkpoint_name(slice_index: int) -> str:
+    """The name of the checkpoint taken after training on slices 0..`slice_index` (-1: before any slice)."""
+    return INIT_CHECKPOINT if slice_index < 0 else f"slice-{slice_index}"
+
+
+def adapter_sha256(directory: str | os.PathLike) -> str:
+    """A content hash of the adapter checkpoint in `directory`: sha256 over its config and weight files."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        file_digest = hashlib.sha256()
+        with open(Path(directory) / name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                file_digest.update(chunk)
+        digest.update(f"{name}\0{file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def ensemble_sha256(shard_hashes: Iterable[str]) -> str:
+    """A content id of a served ensemble: sha256 over its shards' adapter hashes, in shard order."""
+    return hashlib.sha256("\n".join(shard_hashes).encode()).hexdigest()
+
+
+def is_sisa_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a SISA directory (it holds sisa.json)."""
+    return (Path(path) / SISA_FILE).is_file()
+
+
+def read_sisa_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a SISA directory's sisa.json, checking that it is one."""
+    file = Path(path) / SISA_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a SISA directory: it has no {SISA_FILE}; train one with `llm-unlearn sisa`."
+        )
+    record = json.loads(file.read_text(encoding="utf-8"))
+    if record.get("format") != SISA_FORMAT:
+        raise ValueError(f"{file}: format {record.get('format')!r} is not {SISA_FORMAT!r}.")
+    return record
+
+
+def served_checkpoints(path: str | os.PathLike, record: Mapping[str, Any]) -> list[Path]:
+    """The checkpoint each shard serves (after its last slice), after checking it against sisa.json's hash."""
+    last = checkpoint_name(record["num_slices"] - 1)
+    directories = []
+    for shard in record["shards"]:
+        directory = shard_dir(path, shard["index"]) / last
+        found = adapter_sha256(directory) if all((directory / n).is_file() for n in ADAPTER_FILES) else None
+        if found != shard["checkpoints"][last]:
+            raise ValueError(
+                f"shard {shard['index']}'s served adapter {str(directory)!r} does not match the hash in "
+                f"{SISA_FILE} (found {found}); a deletion was interrupted or the files were changed. Run the "
+                "deletion again (`llm-unlearn sisa --output_dir DIR --delete_subjects ...`) to finish it."
+            )
+        directories.append(directory)
+    return directories
+
+
+def _add_low_rank_update(
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    output: torch.Tensor,
+) -> torch.Tensor:
+    """A forward hook of a linear layer: its output W x plus the LoRA update scaling * B (A x)."""
+    update = nn.functional.linear(nn.functional.linear(inputs[0].to(lora_a.dtype), lora_a), lora_b)
+    return output + (scaling * update).to(output.dtype)
+
+
+class ShardAdapter(nn.Module):
+    """One shard's LoRA factors: in the shard model, each adapted linear layer of the base computes
+    W x + scaling * B (A x), PEFT's LoRA forward (without dropout)."""
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        lora_A: Sequence[torch.Tensor],
+        lora_B: Sequence[torch.Tensor],
+        scaling: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.targets = list(targets)
+        self.lora_A = nn.ParameterList(lora_A)
+        self.lora_B = nn.ParameterList(lora_B)
+        self.scaling = list(scaling)
+
+    @contextmanager
+    def applied_to(self, base: nn.Module) -> Iterator[None]:
+        """Within the block, `base` runs as this shard's model: its adapted layers add the low-rank update to
+        their outputs (the base's weights stay as they are, quantized or relearned if an attack changed them)."""
+        handles = [
+            base.get_submodule(target).register_forward_hook(
+                partial(_add_low_rank_update, lora_a, lora_b, scaling)
+            )
+            for target, lora_a, lora_b, scaling in zip(
+                self.targets, self.lora_A, self.lora_B, self.scaling, strict=True
+            )
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def shard_adapter_from_peft(model: PeftModel, adapter_name: str, source: str) -> ShardAdapter:
+    """Copy the LoRA factors and scalings of `adapter_name` out of a PEFT model (loaded from `source`)."""
+    if model.peft_config[adapter_name].modules_to_save:
+        raise ValueError(
+            f"adapter {source!r} trains whole modules ({model.peft_config[adapter_name].modules_to_save}); a "
+            "shard ensemble serves plain LoRA adapters only (no modules_to_save)."
+        )
+    targets, lora_a, lora_b, scaling = [], [], [], []
+    for name, module in model.get_base_model().named_modules():
+        if not hasattr(module, "lora_A") or adapter_name not in module.lora_A:
+            continue
+        vanilla = (
+            type(module) is LoraLinear
+            and adapter_name not in module.lora_variant
+            and not module.lora_bias[adapter_name]
+            and not module.fan_in_fan_out
+        )
+        if not vanilla:
+            raise ValueError(
+                f"adapter {source!r}: layer {name} is a {type(module).__name__} with a LoRA variant, a LoRA bias or "
+                "fan_in_fan_out; a shard ensemble serves plain LoRA on linear layers only."
+            )
+        targets.append(name)
+        lora_a.append(nn.Parameter(module.lora_A[adapter_name].weight.detach().clone()))
+        lora_b.append(nn.Parameter(module.lora_B[adapter_name].weight.detach().clone()))
+        scaling.append(float(module.scaling[adapter_name]))
+    if not targets:
+        raise ValueError(f"adapter {source!r} adapts no layer of the base model.")
+    return ShardAdapter(targets, lora_a, lora_b, scaling)
+
+
+class ShardEnsembleCache(Cache):
+    """The key/value caches of the shard models, one per shard; every batch operation (row selection for a
+    prompt cache, beam reordering, cropping) applies to all of them."""
+
+    def __init__(self, shard_caches: Sequence[Cache]) -> None:
+        super().__init__(layers=[])
+        self.shard_caches = list(shard_caches)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Cached positions (the same in every shard)."""
+        return self.shard_caches[0].get_seq_length(layer_idx)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the rows `beam_idx` (in that order, repeats allowed) in every shard's cache."""
+        for cache in self.shard_caches:
+            cache.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row `repeats` times in every shard's cache."""
+        for cache in self.shard_caches:
+            cache.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows `indices` in every shard's cache."""
+        for cache in self.shard_caches:
+            cache.batch_select_indices(indices)
+
+    def crop(self, max_length: int) -> None:
+        """Crop every shard's cache to `max_length` positions."""
+        for cache in self.shard_caches:
+            cache.crop(max_length)
+
+    def reset(self) -> None:
+        """Empty every shard's cache."""
+        for cache in self.shard_caches:
+            cache.reset()
+
+
+class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
+    """A causal LM whose next-token distribution is the mean of its shard models' distributions:
+    p(y | x) = (1/k) sum_i p_i(y | x) (SISA's aggregation by averaging; REFERENCE.md section 5).
+
+    `logits` are log p(y | x), so their log-softmax (or logsumexp normalisation) gives the ensemble's
+    log-probabilities unchanged, and argmax, greedy decoding and sampling act on the ensemble's distribution.
+    The base is stored once; shard i runs as the base with its LoRA update added in the adapted layers
+    (`ShardAdapter`), so the base's modules stay plain transformers modules. The model takes the arguments of a transformers
+    causal LM (attention_mask, position_ids, past_key_values, logits_to_keep, labels): caches come back as a
+    `ShardEnsembleCache` holding one cache per shard.
+    """
+
+    # The shard models run the base's own attention; the ensemble adds none of its own.
+    _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
+
+    def __init__(self, base: PreTrainedModel, shards: Sequence[ShardAdapter]) -> None:
+        if not shards:
+            raise ValueError("a shard ensemble needs at least one shard adapter.")
+        super().__init__(base.config)
+        self.base = base
+        self.shards = nn.ModuleList(shards)
+        self.generation_config = base.generation_config
+        # The decoder layers are the base's (e.g. for the quantization attack, which looks them up by class).
+        self._no_split_modules = base._no_split_modules
+
+    def _shard_caches(self, past_key_values: Cache | None, use_cache: bool) -> list[Cache | None]:
+        if isinstance(past_key_values, ShardEnsembleCache):
+            return past_key_values.shard_caches
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            raise TypeError(
+                f"a shard ensemble continues from the ShardEnsembleCache it returned, not from a filled "
+                f"{type(past_key_values).__name__}."
+            )
+        # An empty cache (what `generate` prepares for a plain model) is replaced by one cache per shard.
+        return [DynamicCache(config=self.config) if use_cache else None for _ in self.shards]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Run every shard model on the inputs and return the log of their mean next-token probabilities as
+        `logits` (float32), with the causal LM loss of those when `labels` are given."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        caches = self._shard_caches(past_key_values, use_cache)
+        log_sum = None
+        for shard, cache in zip(self.shards, caches, strict=True):
+            inputs = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "position_ids": position_ids,
+                "past_key_values": cache,
+                "inputs_embeds": inputs_embeds,
+                "use_cache": use_cache,
+                "logits_to_keep": logits_to_keep,
+                **kwargs,
+            }
+            with shard.applied_to(self.base):
+                logits = self.base(**inputs).logits
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            # A running log-sum-exp keeps two [batch, positions, vocab] tensors alive, not one per shard.
+            log_sum = log_probs if log_sum is None else torch.logaddexp(log_sum, log_probs)
+        logits = log_sum - math.log(len(self.shards))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        ensemble_cache = None
+        if use_cache:
+            ensemble_cache = (
+                past_key_values
+                if isinstance(past_key_values, ShardEnsembleCache)
+                else ShardEnsembleCache(caches)
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=ensemble_cache)
+
+
+def load_sisa_ensemble(
+    path: str | os.PathLike, *, dtype: str = "float32"
+) -> tuple[ShardEnsembleForCausalLM, PreTrainedTokenizerBase]:
+    """Load a SISA directory as a `ShardEnsembleForCausalLM` on its base model (loaded once) and the base's
+    tokenizer, after checking every served adapter against the hashes in sisa.json."""
+    from llm_unlearn.models import load_model_and_tokenizer
+
+    record = read_sisa_record(path)
+    checkpoints = served_checkpoints(path, record)
+    base, tokenizer = load_model_and_tokenizer(record["base_model"], dtype=dtype)
+    names = [f"shard-{shard['index']}" for shard in record["shards"]]
+    peft_model = PeftModel.from_pretrained(base, str(checkpoints[0]), adapter_name=names[0])
+    for name, checkpoint in zip(names[1:], checkpoints[1:], strict=True):
+        peft_model.load_adapter(str(checkpoint), adapter_name=name)
+    shards = [
+        shard_adapter_from_peft(peft_model, name, str(checkpoint))
+        for name, checkpoint in zip(names, checkpoints, strict=True)
+    ]
+    model = ShardEnsembleForCausalLM(peft_model.unload(), shards)
+    model.name_or_path = str(path)
+    return model.eval(), tokenizer
