@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -368,7 +367,7 @@ def _data_section(run: RunDirectory) -> list[str]:
     if rows:
         lines += [*_table(["set", "examples", "subjects", "SHA-256 fingerprint"], rows), ""]
     lines += [
-        "The removed text is not published: this card, run.json and eval.json carry subject ids, example counts "
+        "No training text is published: this card, run.json and eval.json carry subject ids, example counts "
         "and a SHA-256 fingerprint of each set (over its examples' canonical JSON, so whoever holds the data can "
         "check which examples a set held). eval.json keeps each evaluated item's numbers and subject id but not "
         "its question, answer or generation.",
@@ -663,16 +662,17 @@ def push_run(
 ) -> CommitInfo:
     """Publish a run directory as the Hub model repository `repo_id` in one commit (see `stage_run` for what is
     uploaded); files an earlier push wrote are replaced, others in the repository are kept. Returns the commit."""
+    _check_repo_id(repo_id)
     api = api or HfApi()
     with tempfile.TemporaryDirectory(prefix="llm-unlearn-push-") as tmp:
-        folder = Path(tmp) / re.sub(r"[^A-Za-z0-9_.-]", "_", repo_id.split("/")[-1])
-        stage_run(
+        folder = Path(tmp) / repo_id.split("/")[-1]
+        files = stage_run(
             run_dir, folder, repo_id=repo_id, merge=merge, base_model=base_model, license=license, dtype=dtype
         )
         api.create_repo(repo_id, exist_ok=True, private=private)
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        what = "model" if merge or not read_run_directory(run_dir).is_adapter else "adapter"
+        what = "adapter" if ADAPTER_CONFIG in files else "model"
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
