@@ -22,6 +22,7 @@ COMMANDS = {
     "report": ("llm_unlearn.scripts.report", "Write report.md and report.html (plots) from eval.json."),
     "sisa": ("llm_unlearn.scripts.sisa", "Train a SISA ensemble of shard adapters, or delete subjects from one."),
     "push": ("llm_unlearn.scripts.push", "Publish a run's model (or adapter), card and reports on the Hub."),
+    "forget": ("llm_unlearn.scripts.forget", "Process deletion requests; resumable, recorded in a ledger."),
 }
 
 

@@ -412,21 +412,22 @@ def _eval_section(run: RunDirectory) -> list[str]:
 
 
 def _limitations_section(run: RunDirectory, full_weights: bool, has_unlearning_report: bool) -> list[str]:
-    record = run.record
+    unlearned = run.record.get("recipe") == "unlearn"
     bullets = []
-    if record.get("recipe") == "unlearn":
+    if unlearned:
         bullets.append(
-            f"`{record.get('method')}` is an approximate unlearning method: it trains the model until, on the tests "
-            "above, it behaves less like a model that saw the forget set. That is evidence, not proof. It does not "
-            "show that no influence of the removed data is left, and an attack stronger than those run here may "
-            "bring some of it back. Only retraining without the data (or an exact method such as SISA sharding) "
-            "removes it by construction."
+            f"`{run.record.get('method')}` is an approximate unlearning method: it trains the model until, on the "
+            "tests above, it behaves less like a model that saw the forget set. That is evidence, not proof. It "
+            "does not show that no influence of the removed data is left, and an attack stronger than those run "
+            "here may bring some of it back. Only retraining without the data (or an exact method such as SISA "
+            "sharding) removes it by construction."
         )
-    bullets.append(
-        "The evaluation covers the items and attacks listed in eval.json; on a few dozen items the intervals are "
-        "wide."
-    )
-    if not full_weights:
+    if run.eval is not None:
+        bullets.append(
+            "The evaluation covers the items and attacks listed in eval.json; on a few dozen items the intervals "
+            "are wide."
+        )
+    if unlearned and not full_weights:
         bullets.append(
             "This is an adapter: the unlearning is in its weights, and the base model is unchanged. If the base "
             "itself was trained on the removed data, it still holds it: publish the merged model "
@@ -438,11 +439,13 @@ def _limitations_section(run: RunDirectory, full_weights: bool, has_unlearning_r
             "unlearning_report.json) records the deletion request, each check with its threshold and result, and "
             "the artifacts involved."
         )
-    else:
+    elif unlearned:
         bullets.append(
             "No unlearning report was written for this run; `llm-unlearn forget` writes one "
             "(unlearning_report.md) when it processes a deletion request."
         )
+    if not bullets:
+        return []
     return ["## Limitations", "", *(f"- {bullet}" for bullet in bullets), ""]
 
 
@@ -536,20 +539,21 @@ def build_model_card(
         tags.append(str(record.get("recipe")))
     if not full_weights:
         tags.append("lora")
+    results = None
+    if run.eval is not None:
+        results = card_eval_results(run.eval, dataset=datasets[0] if datasets else None)
     metadata = ModelCardData(
         base_model=card_base,
-        base_model_relation=(("finetune" if full_weights else "adapter") if card_base else None),
+        base_model_relation=None if card_base is None else "finetune" if full_weights else "adapter",
         library_name="transformers" if full_weights else "peft",
         pipeline_tag=TASK_TYPE,
         license=license or (EMBEDDED_LICENSE if card_base == EMBEDDED_HUB_ID else None),
         datasets=datasets or None,
         tags=tags,
         model_name=repo_id,
-        eval_results=card_eval_results(run.eval, dataset=datasets[0] if datasets else None)
-        if run.eval
-        else None,
+        eval_results=results,
     )
-    has_report = all((run.path / name).is_file() for name in UNLEARNING_REPORT_FILES)
+    has_report = (run.path / "unlearning_report.md").is_file()
     body = [
         *_intro(run, repo_id, full_weights, card_base),
         *_method_section(run),

@@ -30,7 +30,7 @@ def ledger(tmp_path):
 
 
 def test_lineage_records_fingerprints_and_subjects_never_text(ledger, data):
-    dataset_fp = ledger.record_training_data(data, "people.jsonl", model_version="v1")
+    dataset_fp = ledger.record_training_data(data, "people.jsonl", model_version="v1", model_path="/m/1")
     assert dataset_fp == fingerprint(data)
     examples = ledger.examples_of(["ann"])
     assert [e.row for e in examples] == [0, 1]
@@ -41,11 +41,11 @@ def test_lineage_records_fingerprints_and_subjects_never_text(ledger, data):
     }
     assert [e.row for e in ledger.examples_of(["bob", "ann"])] == [0, 1, 2]
     assert ledger.known_subjects() == ["ann", "bob"]
-    assert ledger.model_versions_with(["bob"]) == ["v1"]
+    assert ledger.model_versions_with(["bob"]) == {"v1": "/m/1"}
     # Recording the same data again (e.g. a rerun) adds nothing; another model trained on it is noted.
     ledger.record_training_data(data, "people.jsonl", model_version="v2")
     assert len(ledger.examples_of(["ann"])) == 2
-    assert ledger.model_versions_with(["ann"]) == ["v1", "v2"]
+    assert ledger.model_versions_with(["ann"]) == {"v1": "/m/1", "v2": None}
     raw = (ledger.path).read_bytes() + ledger.path.with_name("ledger.sqlite-wal").read_bytes()
     assert b"Oslo" not in raw and b"paints" not in raw
 
@@ -117,8 +117,8 @@ def test_steps_record_output_hashes_and_notice_a_changed_output(ledger, tmp_path
     ledger.skip_step(request_id, "unlearn")
     (model / "weights.bin").write_bytes(b"\x00\x02")
     assert not ledger.step_is_done(request_id, "unlearn")
-    with pytest.raises(LedgerError, match=r"not done with its output unchanged"):
-        ledger.skip_step(request_id, "unlearn")
+    with pytest.raises(LedgerError, match=r"step gate of req-\w+ is not done, so it cannot be skipped"):
+        ledger.skip_step(request_id, "gate")
     with pytest.raises(LedgerError, match=r"its output .*missing does not exist"):
         ledger.finish_step(request_id, "gate", tmp_path / "missing")
     ledger.start_step(request_id, "gate")

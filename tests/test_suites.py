@@ -66,6 +66,9 @@ def test_tofu_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, tofu_snapshot
     path = evaluate.main(_args("tofu", tiny_model_dir, tmp_path / "first", *flags))
     result = load_eval(path)
     assert result["suite"] == "tofu"
+    # The model version that was measured, by content hash.
+    (model,) = result["artifacts"]["read"]
+    assert model["kind"] == "directory" and len(model["model_version"]) == 64
     assert list(result["splits"]) == ["forget", "holdout", "retain", "real_authors", "world_facts"]
     forget = result["splits"]["forget"]
     assert forget["num_items"] == len(FORGET10_PERTURBED)

@@ -1,5 +1,14 @@
-"""Deletion requests: the signed unlearning report a privacy officer reads."""
+"""Deletion requests: the lineage and request ledger, and the signed unlearning report a privacy officer reads."""
 
+from llm_unlearn.requests.ledger import (
+    LEDGER_FILE,
+    Ledger,
+    LedgerError,
+    Request,
+    StepRecord,
+    TrainingExample,
+    request_id_for,
+)
 from llm_unlearn.requests.report import (
     APPROXIMATE_GUARANTEE,
     APPROXIMATE_LIMITATIONS,
@@ -26,11 +35,18 @@ __all__ = [
     "DEFAULT_TARGET_S",
     "EXACT_GUARANTEE",
     "EXACT_LIMITATIONS",
+    "LEDGER_FILE",
     "REPORT_JSON",
     "REPORT_MD",
+    "Ledger",
+    "LedgerError",
     "ReportError",
+    "Request",
+    "StepRecord",
+    "TrainingExample",
     "build_unlearning_report",
     "model_artifact",
+    "request_id_for",
     "sign",
     "standard_statements",
     "verification_problem",

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS examples (
 CREATE INDEX IF NOT EXISTS examples_by_subject ON examples (subject_id);
 CREATE TABLE IF NOT EXISTS model_data (
     model_version TEXT NOT NULL, dataset_fingerprint TEXT NOT NULL REFERENCES datasets (fingerprint),
-    recorded_at TEXT NOT NULL, PRIMARY KEY (model_version, dataset_fingerprint)
+    model_path TEXT, recorded_at TEXT NOT NULL, PRIMARY KEY (model_version, dataset_fingerprint)
 );
 CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY, subjects TEXT NOT NULL, settings TEXT NOT NULL, status TEXT NOT NULL,
@@ -192,9 +192,16 @@ class Ledger:
 
     # Lineage
 
-    def record_training_data(self, dataset: Dataset, source: str, model_version: str | None = None) -> str:
+    def record_training_data(
+        self,
+        dataset: Dataset,
+        source: str,
+        model_version: str | None = None,
+        model_path: str | None = None,
+    ) -> str:
         """Record each example of `dataset` (fingerprint, subject id, row) under the dataset's fingerprint, and
-        that `model_version` was trained on it; returns the dataset fingerprint. Recording again adds nothing."""
+        that `model_version` (stored at `model_path`) was trained on it; returns the dataset fingerprint.
+        Recording again adds nothing."""
         kind = validate_dataset(dataset, source)
         dataset_fingerprint = fingerprint(dataset)
         example_fingerprints = content_fingerprints(dataset, kind)
@@ -215,9 +222,9 @@ class Ledger:
             )
             if model_version is not None:
                 db.execute(
-                    "INSERT OR IGNORE INTO model_data (model_version, dataset_fingerprint, recorded_at) "
-                    "VALUES (?, ?, ?)",
-                    (model_version, dataset_fingerprint, now),
+                    "INSERT OR IGNORE INTO model_data (model_version, dataset_fingerprint, model_path, recorded_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (model_version, dataset_fingerprint, model_path, now),
                 )
         return dataset_fingerprint
 
@@ -267,16 +274,17 @@ class Ledger:
         )
         return [row["subject_id"] for row in rows]
 
-    def model_versions_with(self, subject_ids: Sequence[str]) -> list[str]:
-        """The recorded model versions trained on a dataset that holds any of these subjects' examples."""
+    def model_versions_with(self, subject_ids: Sequence[str]) -> dict[str, str | None]:
+        """The recorded model versions (with where they were stored) trained on a dataset that holds any of these
+        subjects' examples: the versions that contain their data."""
         subject_ids = sorted({str(subject) for subject in subject_ids})
         rows = self._query(
-            "SELECT DISTINCT m.model_version FROM model_data m JOIN examples e "
+            "SELECT DISTINCT m.model_version, m.model_path FROM model_data m JOIN examples e "
             "ON e.dataset_fingerprint = m.dataset_fingerprint "
             f"WHERE e.subject_id IN ({', '.join('?' * len(subject_ids))}) ORDER BY 1",
             subject_ids,
         )
-        return [row["model_version"] for row in rows]
+        return {row["model_version"]: row["model_path"] for row in rows}
 
     # Requests
 
@@ -436,11 +444,10 @@ class Ledger:
         return self.step(request_id, step)
 
     def skip_step(self, request_id: str, step: str) -> StepRecord:
-        """Record that a rerun found this step done (its output unchanged) and did not run it again."""
-        if not self.step_is_done(request_id, step):
-            raise LedgerError(
-                f"step {step} of {request_id} is not done with its output unchanged; run it again."
-            )
+        """Record that a rerun found this step done (see `step_is_done`) and did not run it again."""
+        record = self.step(request_id, step)
+        if record is None or record.status != "done":
+            raise LedgerError(f"step {step} of {request_id} is not done, so it cannot be skipped; run it.")
         with self._transaction() as db:
             self._log(db, request_id, "step", step, {"status": "skipped"})
         return self.step(request_id, step)

@@ -23,6 +23,7 @@ from llm_unlearn.evaluation import EvalConfig, evaluate_splits, load_eval, save_
 from llm_unlearn.evaluation.attacks import ATTACKS
 from llm_unlearn.evaluation.evaluator import SplitConfig
 from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.manifest import read_record
 from llm_unlearn.models import load_model_and_tokenizer
 
 # Splits that come from the data arguments' forget / retain / holdout selection; any other split names its
@@ -254,6 +255,8 @@ def main(script_args: EvalScriptArguments) -> Path:
     result.update(
         suite=script_args.suite,
         model=script_args.model_name_or_path,
+        # Which model version was measured, by content hash (llm_unlearn.manifest).
+        artifacts={"read": [read_record(script_args.model_name_or_path)]},
         reference_eval=str(Path(script_args.reference_eval).resolve())
         if script_args.reference_eval
         else None,
