@@ -1,0 +1,146 @@
+"""SISA against retraining and against one adapter: the cost of deleting a subject as a fraction of training
+every shard (target about 1/k), and the utility of the shard ensemble against a single LoRA adapter trained on
+all the data with the same per-example budget, before and after the deletion.
+
+    python benchmarks/sisa.py [--model embedded] [--num_shards 4] [--num_slices 2] [--subject person-0000]
+
+Both models train with the settings of configs/builtin/sisa.yaml (the single adapter with configs/builtin/
+finetune.yaml, which has the same learning rate, LoRA and epochs): every example gets num_train_epochs epochs,
+or on average as many in SISA's slice stages (2e/(r+1) epochs per stage). Costs are optimizer steps and the
+seconds of the training loops (model loading excluded); utility is the mean answer probability and ROUGE-L
+recall of greedy answers (`evaluate_splits`) on the deleted subject's items (forget) and on items of the other
+subjects (retain). Absolute seconds depend on the machine; the ratios are taken within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SISA_CONFIG = ROOT / "configs" / "builtin" / "sisa.yaml"
+FINETUNE_CONFIG = ROOT / "configs" / "builtin" / "finetune.yaml"
+METRICS = ("probability", "rouge_l_recall")
+
+
+def run_recipe(module, config: Path, overrides: list[str]) -> Path:
+    """Run a recipe as `llm-unlearn` would, from its YAML config plus command-line overrides."""
+    return module.main(*module.make_parser().parse_args_and_config(["--config", str(config), *overrides]))
+
+
+def evaluate(model, tokenizer, splits, max_new_tokens: int) -> dict[str, float]:
+    """Mean probability and ROUGE-L recall on each split, as `split/metric`."""
+    from llm_unlearn.evaluation import EvalConfig, evaluate_splits
+
+    config = EvalConfig(metrics=METRICS, batch_size=16, max_new_tokens=max_new_tokens, max_length=128)
+    result = evaluate_splits(model, tokenizer, splits, config)
+    return {
+        f"{split}/{metric}": result["splits"][split]["aggregates"][metric]["mean"]
+        for split in splits
+        for metric in METRICS
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--num_shards", type=int, default=4)
+    parser.add_argument("--num_slices", type=int, default=2)
+    parser.add_argument("--subject", default="person-0000", help="The subject whose deletion is measured.")
+    parser.add_argument("--retain_items", type=int, default=16, help="Items of other subjects to evaluate.")
+    parser.add_argument("--max_new_tokens", type=int, default=40)
+    parser.add_argument(
+        "--output_dir", default=None, help="Where the runs go (default: a temporary directory)."
+    )
+    args = parser.parse_args()
+
+    from llm_unlearn.data.loading import load_records
+    from llm_unlearn.models import load_model_and_tokenizer
+    from llm_unlearn.scripts import finetune
+    from llm_unlearn.scripts import sisa as sisa_recipe
+    from llm_unlearn.sisa import load_sisa_ensemble
+
+    out = Path(args.output_dir or tempfile.mkdtemp(prefix="llm_unlearn_sisa_bench."))
+    common = ["--model_name_or_path", args.model, "--overwrite", "true", "--disable_tqdm", "true"]
+
+    started = time.perf_counter()
+    sisa_dir = run_recipe(
+        sisa_recipe, SISA_CONFIG,
+        [*common, "--output_dir", str(out / "sisa"), "--num_shards", str(args.num_shards),
+         "--num_slices", str(args.num_slices)],
+    )  # fmt: skip
+    sisa_wall = time.perf_counter() - started
+    record = json.loads((sisa_dir / "sisa.json").read_text())
+    place = record["subjects"][args.subject]
+    started = time.perf_counter()
+    single_dir = run_recipe(
+        finetune, FINETUNE_CONFIG,
+        [*common, "--output_dir", str(out / "single"), "--forget_subjects", args.subject, "--train_on", "all"],
+    )  # fmt: skip
+    single_wall = time.perf_counter() - started
+    single_run = json.loads((single_dir / "run.json").read_text())
+
+    data = load_records(record["data"]["dataset"], config=record["data"]["dataset_config"])
+    forget = data.filter(lambda row: row["subject_id"] == args.subject)
+    others = data.filter(lambda row: row["subject_id"] != args.subject).shuffle(seed=0)
+    splits = {"forget": forget, "retain": others.select(range(min(args.retain_items, len(others))))}
+    utility = {}
+    model, tokenizer = load_model_and_tokenizer(str(single_dir))
+    utility["single adapter"] = evaluate(model, tokenizer, splits, args.max_new_tokens)
+    model, tokenizer = load_sisa_ensemble(sisa_dir)
+    utility["SISA ensemble"] = evaluate(model, tokenizer, splits, args.max_new_tokens)
+    del model
+
+    started = time.perf_counter()
+    sisa_recipe.delete_subjects(sisa_dir, [args.subject])
+    delete_wall = time.perf_counter() - started
+    deletion = json.loads((sisa_dir / "sisa.json").read_text())["deletions"][-1]
+    model, tokenizer = load_sisa_ensemble(sisa_dir)
+    utility[f"SISA after deleting {args.subject}"] = evaluate(model, tokenizer, splits, args.max_new_tokens)
+
+    costs = {
+        "single adapter (all data)": (
+            single_run["log_history"][-1]["step"], single_run["train_metrics"]["train_runtime"], single_wall,
+        ),
+        f"SISA: train {args.num_shards} shards": (record["training"]["steps"], record["training"]["seconds"], sisa_wall),
+        f"SISA: delete {args.subject}": (deletion["steps"], deletion["seconds"], delete_wall),
+    }  # fmt: skip
+    k, r = args.num_shards, args.num_slices
+    print(
+        f"\nSISA benchmark: {args.model} on builtin ({record['data']['num_examples']} examples, "
+        f"{len(record['subjects'])} subjects), k={k} shards x r={r} slices; {args.subject} was in shard "
+        f"{place['shard']}, slice {place['slice']} (retrained from {deletion['retrained'][0]['from_checkpoint']})."
+    )
+    print(f"\n{'cost':<34}{'steps':>8}{'train s':>10}{'wall s':>10}")
+    for name, (steps, seconds, wall) in costs.items():
+        print(f"{name:<34}{steps:>8}{seconds:>10.1f}{wall:>10.1f}")
+    print(
+        f"\ndeletion / full SISA retrain: steps {deletion['cost_fraction']['steps']:.3f}, train seconds "
+        f"{deletion['cost_fraction']['seconds']:.3f}, wall {delete_wall / sisa_wall:.3f} (target about 1/k = {1 / k:.3f})"
+    )
+    single_steps, single_seconds, _ = costs["single adapter (all data)"]
+    print(
+        f"SISA training / single adapter: steps {record['training']['steps'] / single_steps:.2f}, "
+        f"train seconds {record['training']['seconds'] / single_seconds:.2f}"
+    )
+    columns = [f"{split}/{metric}" for split in splits for metric in METRICS]
+    print(f"\n{'utility (mean)':<34}" + "".join(f"{column:>24}" for column in columns))
+    for name, values in utility.items():
+        print(f"{name:<34}" + "".join(f"{values[column]:>24.3f}" for column in columns))
+    base = utility["single adapter"]
+    for name in list(utility)[1:]:
+        ratios = "".join(
+            f"{utility[name][column] / base[column]:>24.2f}" if base[column] else f"{'n/a':>24}"
+            for column in columns
+        )
+        print(f"{name + ' / single':<34}" + ratios)
+    summary = {"costs": costs, "deletion": deletion, "utility": utility, "place": place}
+    (out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nruns and benchmark.json in {out}")
+
+
+if __name__ == "__main__":
+    main()
