@@ -4,6 +4,7 @@ local Hub cache, where the model loader finds it offline by its repository id as
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from conftest import build_tiny_llama
-from huggingface_hub import CommitInfo, ModelCard
+from huggingface_hub import CommitInfo, HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 
 from llm_unlearn import cli, hub
@@ -64,7 +65,12 @@ class FakeHfApi:
         self, *, repo_id: str, folder_path: Path, revision: str | None = None, **kwargs
     ) -> CommitInfo:
         folder = Path(folder_path)
-        self.calls.append(("upload_folder", {"repo_id": repo_id, "revision": revision, **kwargs}))
+        self.calls.append(
+            (
+                "upload_folder",
+                {"repo_id": repo_id, "folder_path": folder_path, "revision": revision, **kwargs},
+            )
+        )
         self.uploaded[repo_id] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         commit = publish_snapshot(self.cache, repo_id, folder, revision or "main")
         return CommitInfo(
@@ -188,6 +194,9 @@ def test_push_uploads_adapter_card_and_reports_in_one_commit(run_dir, hub_cache)
     commit = push_run(run_dir, "test-org/unlearned", api=api)
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     assert api.calls[0][1] == {"repo_id": "test-org/unlearned", "exist_ok": True, "private": False}
+    for name, kwargs in api.calls:
+        # Every call the stand-in saw is one the real HfApi accepts.
+        inspect.signature(getattr(HfApi, name)).bind(None, **kwargs)
     files = api.uploaded["test-org/unlearned"]
     assert {
         "README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",

@@ -40,7 +40,10 @@ class PushScriptArguments:
         },
     )
     license: str | None = field(
-        default=None, metadata={"help": "License id for the card (default: the base's, when known)."}
+        default=None,
+        metadata={
+            "help": "License id for the card; default: apache-2.0 for models derived from SmolLM2, else none."
+        },
     )
     revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created if missing)."})
     commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
