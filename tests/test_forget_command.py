@@ -1,0 +1,240 @@
+"""`llm-unlearn forget` end to end on a tiny model: a verified request with its report and ledger rows, a rerun
+that does no work, a run killed part-way and resumed, a batch, and a request that fails its gate."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_unlearn.requests.ledger import Ledger
+from llm_unlearn.requests.report import REPORT_MD, verify_report
+from llm_unlearn.scripts import evaluate, forget, unlearn
+
+SUBJECTS = ["s-a", "s-b", "s-c", "s-d"]
+PASSING = "forget/probability<target"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
+    """A QA file of four subjects, a two-step LoRA gradient-ascent recipe and a one-metric suite."""
+    directory = tmp_path_factory.mktemp("forget-inputs")
+    rows = [
+        {"question": f"What is fact {k} about person {s}?", "answer": f"Person {s} has fact number {k * 7 + i}.",
+         "subject_id": s}
+        for i, s in enumerate(SUBJECTS)
+        for k in range(3)
+    ]  # fmt: skip
+    data = directory / "qa.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = directory / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {"method": "grad_ascent", "use_peft": True, "lora_r": 8, "lora_target_modules": "all-linear",
+             "learning_rate": 0.05, "max_steps": 4, "per_device_train_batch_size": 4, "max_length": 64,
+             "report_to": "none", "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "seed": 0}
+        )
+    )  # fmt: skip
+    suite = directory / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {"suite": "tiny", "splits": ["forget", "retain"], "metrics": ["probability"], "max_length": 64,
+             "batch_size": 8, "max_items": 4, "seed": 0, "report": False}
+        )
+    )  # fmt: skip
+    return {"model": tiny_model_dir, "data": str(data), "recipe": str(recipe), "suite": str(suite)}
+
+
+def forget_args(setup: dict[str, str], out: Path, *extra: str) -> list[str]:
+    return [
+        "--model", setup["model"], "--data", setup["data"], "--recipe", setup["recipe"], "--suite", setup["suite"],
+        "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def run_forget(args: list[str]) -> int:
+    return forget.main(*forget.make_parser().parse_args_and_config(args))
+
+
+def kill_self(*args, **kwargs) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_and_kill(moment: str, args: list[str]) -> None:
+    """Run the command in this (forked) process and SIGKILL it at `moment` of the unlearn step."""
+    if moment == "after the step was recorded":
+        os.environ[forget.KILL_AFTER_STEP_ENV] = "unlearn"
+    elif moment == "after the output landed, before it was recorded":
+        finish_step = Ledger.finish_step
+
+        def finish_then_kill(self, request_id, step, *rest, **kwargs):
+            if step == "unlearn":
+                kill_self()
+            return finish_step(self, request_id, step, *rest, **kwargs)
+
+        Ledger.finish_step = finish_then_kill
+    else:  # while training, before the recipe moves its output into place
+        unlearn.finish_run = kill_self
+    run_forget(args)
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """Count the unlearn and eval recipe runs."""
+    calls = {"unlearn": 0, "evaluate": 0}
+    for name, module in (("unlearn", unlearn), ("evaluate", evaluate)):
+
+        def counted(*args, _main=module.main, _name=name):
+            calls[_name] += 1
+            return _main(*args)
+
+        monkeypatch.setattr(module, "main", counted)
+    return calls
+
+
+def test_a_request_is_verified_with_its_report_and_a_rerun_does_no_work(setup, tmp_path, count_calls):
+    out = tmp_path / "requests"
+    args = forget_args(setup, out, "--subject", "s-b", "--subject", "s-a", "--check", PASSING)
+    assert run_forget(args) == 0
+    assert count_calls == {"unlearn": 1, "evaluate": 2}
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (request,) = ledger.requests()
+        assert request.status == "verified" and request.subjects == ["s-a", "s-b"]
+        assert [step.step for step in ledger.steps(request.request_id)] == list(forget.STEPS)
+        assert all(step.status == "done" and step.output_hash for step in ledger.steps(request.request_id))
+        assert len(ledger.examples_of(["s-a"])) == 3 and ledger.known_subjects() == SUBJECTS
+        statuses = [e["status"] for e in ledger.history(request.request_id) if e["kind"] == "status"]
+        assert statuses == ["received", "running", "verified"]
+    directory = out / request.request_id
+    assert (directory / "model" / "adapter_model.safetensors").is_file()
+    assert (directory / "eval" / "eval.json").is_file() and (directory / REPORT_MD).is_file()
+    resolved = json.loads((directory / "resolve.json").read_text())
+    assert resolved["num_examples"] == 6 and len(resolved["examples"]["s-a"]) == 3
+    report_path = directory / "unlearning_report.json"
+    assert verify_report(report_path)
+    report = json.loads(report_path.read_text())
+    assert report["request"]["status"] == "verified" and report["removed"]["num_examples"] == 6
+    assert [test["check"] for test in report["tests"]] == [PASSING] and report["tests_passed"]
+    assert (
+        report["method"]["name"] == "grad_ascent"
+        and report["method"]["hyperparameters"]["lora"]["lora_r"] == 8
+    )
+    assert "retain/probability" in report["utility"]
+    # Never the removed text: only counts and fingerprints.
+    for path in (report_path, directory / REPORT_MD, directory / "resolve.json"):
+        assert "fact number" not in path.read_text()
+
+    # The same command again finds the request verified and does nothing.
+    assert run_forget(args) == 0
+    assert count_calls == {"unlearn": 1, "evaluate": 2}
+    with Ledger(out / "ledger.sqlite") as ledger:
+        assert len(ledger.requests()) == 1
+        assert len(ledger.history(request.request_id)) == len(statuses) + 2 * len(forget.STEPS)
+
+
+def test_a_failing_gate_fails_the_request_with_the_failed_checks(setup, tmp_path, count_calls):
+    out = tmp_path / "requests"
+    args = forget_args(setup, out, "--subject", "s-c", "--check", PASSING, "--check", "forget/probability<=0")
+    assert run_forget(args) == 1
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (request,) = ledger.requests()
+    assert request.status == "failed"
+    assert request.reason.startswith("checks failed: forget/probability<=0 (value 0.")
+    assert PASSING not in request.reason
+    report = json.loads((out / request.request_id / "unlearning_report.json").read_text())
+    assert report["request"]["status"] == "failed" and [t["passed"] for t in report["tests"]] == [True, False]
+    # Finished, so a rerun does not repeat it.
+    assert run_forget(args) == 1 and count_calls == {"unlearn": 1, "evaluate": 2}
+
+
+@pytest.mark.parametrize(
+    ("moment", "unlearn_status", "unlearn_runs"),
+    [
+        ("after the step was recorded", "done", 0),
+        ("after the output landed, before it was recorded", "running", 0),
+        ("while training", "running", 1),
+    ],
+)
+def test_a_killed_run_resumes_without_repeating_finished_work(
+    setup, tmp_path, count_calls, moment, unlearn_status, unlearn_runs
+):
+    out = tmp_path / "requests"
+    args = forget_args(setup, out, "--subject", "s-d", "--check", PASSING)
+    # A forked process starts without importing torch and transformers again; SIGKILL ends it with no clean-up
+    # and no exit handlers, as a machine that loses the job would.
+    killed = multiprocessing.get_context("fork").Process(target=run_and_kill, args=(moment, args))
+    killed.start()
+    killed.join(timeout=300)
+    assert killed.exitcode == -signal.SIGKILL
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (request,) = ledger.requests()
+        assert request.status == "running"
+        steps = {step.step: step.status for step in ledger.steps(request.request_id)}
+        assert steps == {"resolve": "done", "unlearn": unlearn_status}
+        before = ledger.history(request.request_id)
+    model = out / request.request_id / "model"
+    assert (model / "run.json").is_file() == (unlearn_runs == 0)
+
+    assert run_forget(args) == 0
+    assert count_calls == {"unlearn": unlearn_runs, "evaluate": 2}
+    assert not list(model.parent.glob(".*partial"))
+    with Ledger(out / "ledger.sqlite") as ledger:
+        after = ledger.history(request.request_id)
+        assert ledger.request(request.request_id).status == "verified"
+        assert all(step.status == "done" for step in ledger.steps(request.request_id))
+    # The killed run's record is kept as it was, and the rerun's follows it.
+    assert after[: len(before)] == before
+    resumed = [(event.get("step"), event["status"]) for event in after[len(before) :]]
+    unlearn_events = {0: [("unlearn", "skipped")] if unlearn_status == "done" else [("unlearn", "done")],
+                      1: [("unlearn", "running"), ("unlearn", "done")]}[unlearn_runs]  # fmt: skip
+    assert resumed[: 2 + len(unlearn_events)] == [(None, "running"), ("resolve", "skipped"), *unlearn_events]
+    assert resumed[-1] == (None, "verified")
+
+
+def test_a_batch_processes_each_request_with_its_own_status(setup, tmp_path, count_calls):
+    out = tmp_path / "requests"
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(
+        json.dumps({"request_id": "erase-1", "subjects": ["s-a"]})
+        + "\n\n"
+        + json.dumps({"subjects": ["s-c", "s-d"]})
+    )
+    args = forget_args(
+        setup, out, "--requests_file", str(batch), "--check", PASSING, "--ledger", str(tmp_path / "l.db")
+    )
+    assert run_forget(args) == 0
+    assert count_calls == {"unlearn": 2, "evaluate": 4}
+    with Ledger(tmp_path / "l.db") as ledger:
+        requests = ledger.requests()
+    assert [(r.request_id == "erase-1", r.subjects, r.status) for r in requests] == [
+        (True, ["s-a"], "verified"), (False, ["s-c", "s-d"], "verified"),
+    ]  # fmt: skip
+    report = json.loads((out / requests[1].request_id / "unlearning_report.json").read_text())
+    assert [entry["num_examples"] for entry in report["removed"]["subjects"]] == [3, 3]
+
+
+def test_bad_input_is_refused_with_a_clear_error(setup, tmp_path, capsys):
+    out = tmp_path / "requests"
+    with pytest.raises(ValueError, match=r"at least one --check"):
+        run_forget(forget_args(setup, out, "--subject", "s-a"))
+    with pytest.raises(ValueError, match=r"--subject ID \.\.\.\) or a --requests_file, not both"):
+        run_forget(forget_args(setup, out, "--check", PASSING))
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"subjects": []}\n')
+    with pytest.raises(ValueError, match=r"line 1: 'subjects' must be a non-empty list"):
+        run_forget(forget_args(setup, out, "--requests_file", str(batch), "--check", PASSING))
+    # An unknown subject fails its request (a batch goes on with the next one), with the reason in the ledger.
+    assert run_forget(forget_args(setup, out, "--subject", "nobody", "--check", PASSING)) == 1
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (request,) = ledger.requests()
+    assert request.status == "failed"
+    assert re.search(
+        r"unknown subject id\(s\) \['nobody'\].*holds 4 subject\(s\), e\.g\. s-a", request.reason
+    )
+    assert "unknown subject" in capsys.readouterr().err
