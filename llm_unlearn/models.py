@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
@@ -174,9 +181,17 @@ def load_model_and_tokenizer(
         )
     else:
         try:
-            model, tokenizer = _load_plain(
-                name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
-            )
+            adapter_dir = _hub_adapter_snapshot(name_or_path, revision)
+            if adapter_dir is not None:
+                # An adapter on the Hub loads like a local one: onto its base, resolved by this loader (so a base
+                # named `embedded` works), then merged.
+                model, tokenizer = _load_adapter(
+                    adapter_dir, dtype=dtype, trust_remote_code=trust_remote_code
+                )
+            else:
+                model, tokenizer = _load_plain(
+                    name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
+                )
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"model {name_or_path!r} is not the alias {EMBEDDED!r}, not a local directory or .gguf file, and "
@@ -190,6 +205,15 @@ def load_model_and_tokenizer(
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
     return model, tokenizer
+
+
+def _hub_adapter_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local snapshot of Hub repository `repo_id` when it holds a PEFT adapter; None when it holds none."""
+    try:
+        hf_hub_download(repo_id, ADAPTER_CONFIG, revision=revision)
+    except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+    return Path(snapshot_download(repo_id, revision=revision))
 
 
 def _load_adapter(
