@@ -44,7 +44,10 @@ def plan_shards(
     subject_counts: Mapping[str, int], num_shards: int, num_slices: int, seed: int
 ) -> dict[str, tuple[int, int]]:
     """Assign each subject to a (shard, slice): deterministic for a given `seed`, with shards balanced by
-    example count and each shard's slices balanced in turn (largest subject first into the lightest bin)."""
+    example count and each shard's slices balanced in turn (largest subject first into the lightest bin).
+
+    Bourtoule et al. shard uniformly at random; balancing whole subjects by example count keeps every shard's
+    training, and so the cost of any deletion, at about 1/k of the total."""
     if num_shards < 1 or num_slices < 1:
         raise ValueError(f"num_shards and num_slices must be at least 1, got {num_shards} and {num_slices}.")
     if len(subject_counts) < num_shards * num_slices:
@@ -268,9 +271,10 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
     `logits` are log p(y | x), so their log-softmax (or logsumexp normalisation) gives the ensemble's
     log-probabilities unchanged, and argmax, greedy decoding and sampling act on the ensemble's distribution.
     The base is stored once; shard i runs as the base with its LoRA update added in the adapted layers
-    (`ShardAdapter`), so the base's modules stay plain transformers modules. The model takes the arguments of a transformers
-    causal LM (attention_mask, position_ids, past_key_values, logits_to_keep, labels): caches come back as a
-    `ShardEnsembleCache` holding one cache per shard.
+    (`ShardAdapter`), so the base's modules stay plain transformers modules (which attacks such as quantization
+    act on). The model takes the arguments of a transformers causal LM (attention_mask, position_ids,
+    past_key_values, logits_to_keep, labels); caches come back as a `ShardEnsembleCache` holding one cache
+    per shard.
     """
 
     # The shard models run the base's own attention; the ensemble adds none of its own.
@@ -348,6 +352,13 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
                 else ShardEnsembleCache(caches)
             )
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=ensemble_cache)
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: as one checkpoint the ensemble would reload as its base model alone."""
+        raise TypeError(
+            "a shard ensemble is stored as its SISA directory (sisa.json and shards/); copy or push that "
+            "directory, which load_model_and_tokenizer loads back as the ensemble."
+        )
 
 
 def load_sisa_ensemble(

@@ -295,6 +295,9 @@ def test_ensemble_logits_are_the_log_mean_of_shard_probabilities(shard_models):
     targets = labels[:, 1:]
     picked = expected[:, :-1].gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     assert loss.item() == pytest.approx(-picked[targets != IGNORE_INDEX].mean().item(), abs=1e-5)
+    # Saved as one checkpoint it would come back as the base model alone.
+    with pytest.raises(TypeError, match=r"stored as its SISA directory"):
+        ensemble.save_pretrained("unused")
 
 
 def manual_statistics(merged, prompt_ids: list[int], answer_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:

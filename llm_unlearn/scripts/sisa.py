@@ -29,7 +29,7 @@ from typing import Any
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from trl import TrlParser, get_peft_config
 
 from llm_unlearn.data.arguments import DataArguments
@@ -367,6 +367,29 @@ def _check_unchanged_data(
                 )
 
 
+def _retrain_shard(
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenized: Dataset,
+    slices: Sequence[Sequence[int]],
+    first_slice: int,
+    directory: Path,
+    stage_args: TrainingArguments,
+) -> tuple[PreTrainedModel, list[dict[str, float]]]:
+    """Replace a shard's directory atomically by one with its checkpoints up to the one before `first_slice`
+    copied and the later ones retrained on `slices`; return the base (adapter removed) and the retrained stages'
+    costs."""
+    with atomic_directory(directory, overwrite=True) as staging:
+        for stage in range(-1, first_slice):
+            shutil.copytree(directory / checkpoint_name(stage), staging / checkpoint_name(stage))
+        model = PeftModel.from_pretrained(
+            base, str(staging / checkpoint_name(first_slice - 1)), is_trainable=True
+        )
+        costs = train_shard(model, tokenizer, tokenized, slices, first_slice, staging, stage_args)
+        base = model.unload()
+    return base, costs
+
+
 def delete_subjects(sisa_dir: str | os.PathLike, subjects: Sequence[str]) -> dict[str, Any] | None:
     """Delete `subjects` from the SISA run in `sisa_dir`: retrain each shard that held one of them from the
     checkpoint before the earliest such slice, without their examples, swap the retrained shard in, and log
@@ -421,14 +444,9 @@ def delete_subjects(sisa_dir: str | os.PathLike, subjects: Sequence[str]) -> dic
     for index, first_slice in sorted(restart.items()):
         old = record["shards"][index]
         directory = shard_dir(root, index)
-        with atomic_directory(directory, overwrite=True) as staging:
-            for stage in range(-1, first_slice):
-                shutil.copytree(directory / checkpoint_name(stage), staging / checkpoint_name(stage))
-            model = PeftModel.from_pretrained(
-                base, str(staging / checkpoint_name(first_slice - 1)), is_trainable=True
-            )
-            costs = train_shard(model, tokenizer, tokenized, slices[index], first_slice, staging, stage_args)
-            base = model.unload()
+        base, costs = _retrain_shard(
+            base, tokenizer, tokenized, slices[index], first_slice, directory, stage_args
+        )
         costs = [{"steps": p["steps"], "seconds": p["seconds"]} for p in old["slices"][:first_slice]] + costs
         new = _describe_shard(index, slices[index], data_subjects, fingerprints, costs, directory)
         record["shards"][index] = new
