@@ -151,6 +151,14 @@ def test_a_failing_gate_fails_the_request_with_the_failed_checks(setup, tmp_path
     assert report["request"]["status"] == "failed" and [t["passed"] for t in report["tests"]] == [True, False]
     # Finished, so a rerun does not repeat it.
     assert run_forget(args) == 1 and count_calls == {"unlearn": 1, "evaluate": 2}
+    # Other checks make another request, which evaluates only its own unlearned model: the target's eval is
+    # the one already made.
+    assert run_forget(forget_args(setup, out, "--subject", "s-c", "--check", PASSING)) == 0
+    assert count_calls == {"unlearn": 2, "evaluate": 3}
+    with Ledger(out / "ledger.sqlite") as ledger:
+        retried = ledger.requests()[1]
+        assert retried.status == "verified"
+        assert ledger.step(retried.request_id, "evaluate_target").detail == {"found_complete": True}
 
 
 @pytest.mark.parametrize(

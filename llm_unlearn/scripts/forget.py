@@ -50,7 +50,7 @@ from llm_unlearn.scripts import evaluate, unlearn
 STEPS = {
     "resolve": (),
     "unlearn": ("resolve",),
-    "evaluate_target": ("resolve",),
+    "evaluate_target": (),
     "evaluate": ("unlearn",),
     "gate": ("evaluate_target", "evaluate"),
     "report": ("resolve", "unlearn", "evaluate_target", "evaluate", "gate"),
@@ -58,6 +58,8 @@ STEPS = {
 # For the resumability tests: the process kills itself (SIGKILL, no clean-up) right after recording this step.
 KILL_AFTER_STEP_ENV = "LLM_UNLEARN_KILL_AFTER_STEP"
 BATCH_KEYS = ("request_id", "subjects")
+# The request settings the target model's eval depends on.
+TARGET_EVAL_SETTINGS = ("model", "data", "suite", "reference_eval", "max_eval_items")
 # The training settings a report lists as the method's hyperparameters (beside the method's own config).
 TRAINING_HYPERPARAMETERS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -263,10 +265,11 @@ class RequestRun:
         self.args, self.ledger, self.request, self.data = args, ledger, request, data
         output_dir = Path(args.output_dir).resolve()
         self.directory = output_dir / request.request_id
-        # The target's eval depends on the settings and on which subjects form the forget split, not on the
-        # request: requests with the same subjects and settings share it.
+        # The target's eval depends on the model, the data, the suite and which subjects form the forget split,
+        # not on the recipe or the checks: a request retried with another recipe reuses it.
+        evaluated = {key: request.settings[key] for key in TARGET_EVAL_SETTINGS}
         target_key = hashlib.sha256(
-            json.dumps({**request.settings, "subjects": request.subjects}, sort_keys=True).encode()
+            json.dumps({**evaluated, "subjects": request.subjects}, sort_keys=True).encode()
         ).hexdigest()[:16]
         self.outputs = {
             "resolve": self.directory / "resolve.json",
