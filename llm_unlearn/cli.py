@@ -1,4 +1,5 @@
-"""The `llm-unlearn` command: `demo`, the recipes `finetune`, `unlearn` and `eval`, and the CI `gate` as subcommands."""
+"""The `llm-unlearn` command: `demo`; the recipes `finetune`, `unlearn`, `sisa` and `eval`; `report`; the CI
+`gate`; `forget` (deletion requests); `push` (publish on the Hub)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ COMMANDS = {
         "Check eval.json against thresholds; exit 0 pass, 1 fail, 2 bad input.",
     ),
     "report": ("llm_unlearn.scripts.report", "Write report.md and report.html (plots) from eval.json."),
-    "sisa": ("llm_unlearn.scripts.sisa", "Train a SISA ensemble of shard adapters, or delete subjects from one."),
+    "sisa": (
+        "llm_unlearn.scripts.sisa",
+        "Train a SISA ensemble of shard adapters, or delete subjects from one.",
+    ),
     "push": ("llm_unlearn.scripts.push", "Publish a run's model (or adapter), card and reports on the Hub."),
     "forget": ("llm_unlearn.scripts.forget", "Process deletion requests; resumable, recorded in a ledger."),
 }
