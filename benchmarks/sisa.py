@@ -118,21 +118,25 @@ def main() -> None:
 
     costs = {
         **{name: cost for name, (_, cost) in singles.items()},
-        f"SISA: train {args.num_shards} shards": (record["training"]["steps"], record["training"]["seconds"], sisa_wall),
+        f"SISA: train {args.num_shards} shards": (
+            record["training"]["steps"], record["training"]["seconds"], sisa_wall,
+        ),
         f"SISA: delete {args.subject}": (deletion["steps"], deletion["seconds"], delete_wall),
     }  # fmt: skip
     k, r = args.num_shards, args.num_slices
     print(
         f"\nSISA benchmark: {args.model} on builtin ({record['data']['num_examples']} examples, "
         f"{len(record['subjects'])} subjects), k={k} shards x r={r} slices; {args.subject} was in shard "
-        f"{place['shard']}, slice {place['slice']} (retrained from {deletion['retrained'][0]['from_checkpoint']})."
+        f"{place['shard']}, slice {place['slice']} (retrained from "
+        f"{deletion['retrained'][0]['from_checkpoint']})."
     )
     print(f"\n{'cost':<40}{'steps':>8}{'train s':>10}{'wall s':>10}")
     for name, (steps, seconds, wall) in costs.items():
         print(f"{name:<40}{steps:>8}{seconds:>10.1f}{wall:>10.1f}")
     print(
         f"\ndeletion / full SISA retrain: steps {deletion['cost_fraction']['steps']:.3f}, train seconds "
-        f"{deletion['cost_fraction']['seconds']:.3f}, wall {delete_wall / sisa_wall:.3f} (target about 1/k = {1 / k:.3f})"
+        f"{deletion['cost_fraction']['seconds']:.3f}, wall {delete_wall / sisa_wall:.3f} "
+        f"(target about 1/k = {1 / k:.3f})"
     )
     single_steps, single_seconds, _ = costs["single adapter (all data)"]
     retrain_steps, retrain_seconds, _ = costs[f"single adapter without {args.subject}"]

@@ -7,10 +7,10 @@ each slice. The served model averages the shard models' next-token probabilities
 only its shard, from the checkpoint taken before the subject's slice (`llm_unlearn.scripts.sisa`). A SISA
 directory holds:
 
-    sisa.json                          the plan, the checkpoints' content hashes, the training costs, the deletions
-    shards/shard-<i>/init/             shard i's adapter before any training
-    shards/shard-<i>/slice-<j>/        shard i's adapter after training on slices 0..j (the last one is served)
-    tokenizer files                    the base model's tokenizer
+    sisa.json                     the plan, the checkpoints' content hashes, the training costs, the deletions
+    shards/shard-<i>/init/        shard i's adapter before any training
+    shards/shard-<i>/slice-<j>/   shard i's adapter after training on slices 0..j (the last one is served)
+    tokenizer files               the base model's tokenizer
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def plan_shards(
     if num_shards < 1 or num_slices < 1:
         raise ValueError(f"num_shards and num_slices must be at least 1, got {num_shards} and {num_slices}.")
     if len(subject_counts) < num_shards * num_slices:
+        needed = num_shards * num_slices
         raise ValueError(
-            f"{num_shards} shards x {num_slices} slices need at least {num_shards * num_slices} subjects (one per "
-            f"slice), but the data has {len(subject_counts)}; lower num_shards or num_slices."
+            f"{num_shards} shards x {num_slices} slices need at least {needed} subjects (one per slice), but "
+            f"the data has {len(subject_counts)}; lower num_shards or num_slices."
         )
-    # Largest subjects first; between equal counts a seeded hash of the id decides, so a subject's place in the
-    # order does not depend on which other subjects are in the data.
+    # Largest subjects first; between equal counts a seeded hash of the id decides, so a subject's place in
+    # the order does not depend on which other subjects are in the data.
     order = sorted(
         subject_counts,
         key=lambda subject: (
@@ -74,7 +75,7 @@ def plan_shards(
 
 
 def _fill_lightest(order: Sequence[str], counts: Mapping[str, int], bins: int) -> dict[str, int]:
-    """Put each subject, in `order`, into the bin with the fewest examples so far (the lowest index on ties)."""
+    """Put each subject, in `order`, into the bin with the fewest examples so far (lowest index on ties)."""
     loads = [0] * bins
     placed = {}
     for subject in order:
@@ -121,7 +122,8 @@ def read_sisa_record(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path) / SISA_FILE
     if not file.is_file():
         raise FileNotFoundError(
-            f"{str(path)!r} is not a SISA directory: it has no {SISA_FILE}; train one with `llm-unlearn sisa`."
+            f"{str(path)!r} is not a SISA directory: it has no {SISA_FILE}; train one with "
+            "`llm-unlearn sisa`."
         )
     record = json.loads(file.read_text(encoding="utf-8"))
     if record.get("format") != SISA_FORMAT:
@@ -179,7 +181,8 @@ class ShardAdapter(nn.Module):
     @contextmanager
     def applied_to(self, base: nn.Module) -> Iterator[None]:
         """Within the block, `base` runs as this shard's model: its adapted layers add the low-rank update to
-        their outputs (the base's weights stay as they are, quantized or relearned if an attack changed them)."""
+        their outputs (the base's weights stay as they are, quantized or relearned if an attack changed
+        them)."""
         handles = [
             base.get_submodule(target).register_forward_hook(
                 partial(_add_low_rank_update, lora_a, lora_b, scaling)
@@ -214,8 +217,8 @@ def shard_adapter_from_peft(model: PeftModel, adapter_name: str, source: str) ->
         )
         if not vanilla:
             raise ValueError(
-                f"adapter {source!r}: layer {name} is a {type(module).__name__} with a LoRA variant, a LoRA bias or "
-                "fan_in_fan_out; a shard ensemble serves plain LoRA on linear layers only."
+                f"adapter {source!r}: layer {name} is a {type(module).__name__} with a LoRA variant, a LoRA "
+                "bias or fan_in_fan_out; a shard ensemble serves plain LoRA on linear layers only."
             )
         targets.append(name)
         lora_a.append(nn.Parameter(module.lora_A[adapter_name].weight.detach().clone()))
@@ -271,10 +274,10 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
     `logits` are log p(y | x), so their log-softmax (or logsumexp normalisation) gives the ensemble's
     log-probabilities unchanged, and argmax, greedy decoding and sampling act on the ensemble's distribution.
     The base is stored once; shard i runs as the base with its LoRA update added in the adapted layers
-    (`ShardAdapter`), so the base's modules stay plain transformers modules (which attacks such as quantization
-    act on). The model takes the arguments of a transformers causal LM (attention_mask, position_ids,
-    past_key_values, logits_to_keep, labels); caches come back as a `ShardEnsembleCache` holding one cache
-    per shard.
+    (`ShardAdapter`), so the base's modules stay plain transformers modules (which attacks such as
+    quantization act on). The model takes the arguments of a transformers causal LM (attention_mask,
+    position_ids, past_key_values, logits_to_keep, labels); caches come back as a `ShardEnsembleCache` holding
+    one cache per shard.
     """
 
     # The shard models run the base's own attention; the ensemble adds none of its own.

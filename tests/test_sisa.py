@@ -1,6 +1,6 @@
-"""SISA on a tiny model: the shard plan, training slice by slice, deletions that retrain only the affected shard
-from the right checkpoint (and equal training without the subject), and the ensemble that the eval passes,
-generation and evaluate_splits run on unchanged."""
+"""SISA on a tiny model: the shard plan, training slice by slice, deletions that retrain only the affected
+shard from the right checkpoint (and equal training without the subject), and the ensemble that the eval
+passes, generation and evaluate_splits run on unchanged."""
 
 from __future__ import annotations
 

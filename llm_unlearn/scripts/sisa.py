@@ -5,9 +5,9 @@ their slice (Bourtoule et al. 2021, arXiv 1912.03817; REFERENCE.md section 5).
     llm-unlearn sisa --config configs/builtin/sisa.yaml --output_dir outputs/builtin/sisa
     llm-unlearn sisa --output_dir outputs/builtin/sisa --delete_subjects person-0003
 
-A deletion uses the data, model and training settings recorded in sisa.json (a shard is retrained exactly as it
-was trained), so it needs only the directory and the subject ids. Each stage starts a fresh optimizer from the
-previous checkpoint's adapter weights, so a retrained shard is the shard that training without the deleted
+A deletion uses the data, model and training settings recorded in sisa.json (a shard is retrained exactly as
+it was trained), so it needs only the directory and the subject ids. Each stage starts a fresh optimizer from
+the previous checkpoint's adapter weights, so a retrained shard is the shard that training without the deleted
 subjects would have produced.
 """
 
@@ -54,12 +54,13 @@ logger = logging.getLogger(__name__)
 
 # What a deletion guarantees, recorded with it (the unlearning report quotes it).
 EXACT_GUARANTEE = (
-    "Exact unlearning (SISA): after this deletion, no shard model that the ensemble serves was trained on the "
-    "deleted examples. Shards that never held them are unchanged; each shard that held them was restored to its "
-    "checkpoint from before their slice and retrained on its remaining data with the recorded settings, which "
-    "gives the shard that training without those examples produces. Not covered: the base model (trained "
-    "before and apart from SISA), copies of earlier checkpoints or ensembles kept outside this directory, and "
-    "the shard plan itself (which subject went to which shard was decided while the subjects were in the data)."
+    "Exact unlearning (SISA): after this deletion, no shard model that the ensemble serves was trained on "
+    "the deleted examples. Shards that never held them are unchanged; each shard that held them was restored "
+    "to its checkpoint from before their slice and retrained on its remaining data with the recorded "
+    "settings, which gives the shard that training without those examples produces. Not covered: the base "
+    "model (trained before and apart from SISA), copies of earlier checkpoints or ensembles kept outside "
+    "this directory, and the shard plan itself (which subject went to which shard was decided while the "
+    "subjects were in the data)."
 )
 # Options of DataArguments that choose forget, retain or holdout sets, which SISA training has no use for.
 SELECTORS = ("forget_subjects", "retain_subjects", "forget_data", "holdout_subjects", "holdout_data")
@@ -117,8 +118,9 @@ def load_training_data(data: Mapping[str, Any]) -> Dataset:
     missing = [row for row, subject in enumerate(dataset[SUBJECT_FIELD]) if subject is None]
     if missing:
         raise DataError(
-            f"{data['dataset']}: {len(missing)} row(s) have no {SUBJECT_FIELD}, e.g. row {missing[0]}; SISA puts "
-            "whole subjects into shards, so give every row a subject id (a row may be a subject of its own)."
+            f"{data['dataset']}: {len(missing)} row(s) have no {SUBJECT_FIELD}, e.g. row {missing[0]}; SISA "
+            "puts whole subjects into shards, so give every row a subject id (a row may be a subject of its "
+            "own)."
         )
     return dataset
 
@@ -152,8 +154,8 @@ def train_shard(
         started = time.perf_counter()
         rows = [row for part in slices[: stage + 1] for row in part]
         steps = 0
-        # Stage 0 of a shard whose first slice lost all its subjects has nothing to learn: the checkpoint is the
-        # adapter unchanged.
+        # Stage 0 of a shard whose first slice lost all its subjects has nothing to learn: the checkpoint is
+        # the adapter unchanged.
         if rows:
             trainer = Trainer(
                 model=model,
@@ -240,8 +242,9 @@ def _check_single_process() -> None:
 def train_sisa(
     script_args: SisaScriptArguments, training_args: TrainingArguments, model_args: ModelArguments
 ) -> Path:
-    """Plan the shards and slices, train every shard's adapter slice by slice on the shared base, and write the
-    SISA directory (checkpoints, tokenizer, sisa.json, run.json) into `training_args.output_dir` atomically."""
+    """Plan the shards and slices, train every shard's adapter slice by slice on the shared base, and write
+    the SISA directory (checkpoints, tokenizer, sisa.json, run.json) into `training_args.output_dir`
+    atomically."""
     started = time.perf_counter()
     peft_config = get_peft_config(model_args)
     if not isinstance(peft_config, LoraConfig):
@@ -362,8 +365,8 @@ def _check_unchanged_data(
             if sorted(fps[row] for row in rows) != sorted(entry["example_fingerprints"]):
                 raise DataError(
                     f"the data {record['data']['dataset']!r} no longer holds the examples that shard "
-                    f"{shard['index']} slice {slice_index} was trained on; a deletion retrains a shard on the "
-                    "same data (only the deleted subjects' rows may be gone)."
+                    f"{shard['index']} slice {slice_index} was trained on; a deletion retrains a shard on "
+                    "the same data (only the deleted subjects' rows may be gone)."
                 )
 
 
@@ -377,8 +380,8 @@ def _retrain_shard(
     stage_args: TrainingArguments,
 ) -> tuple[PreTrainedModel, list[dict[str, float]]]:
     """Replace a shard's directory atomically by one with its checkpoints up to the one before `first_slice`
-    copied and the later ones retrained on `slices`; return the base (adapter removed) and the retrained stages'
-    costs."""
+    copied and the later ones retrained on `slices`; return the base (adapter removed) and the retrained
+    stages' costs."""
     with atomic_directory(directory, overwrite=True) as staging:
         for stage in range(-1, first_slice):
             shutil.copytree(directory / checkpoint_name(stage), staging / checkpoint_name(stage))
@@ -394,8 +397,8 @@ def delete_subjects(sisa_dir: str | os.PathLike, subjects: Sequence[str]) -> dic
     """Delete `subjects` from the SISA run in `sisa_dir`: retrain each shard that held one of them from the
     checkpoint before the earliest such slice, without their examples, swap the retrained shard in, and log
     the deletion in sisa.json (subjects, removed example fingerprints, retrained shards, cost against a full
-    retrain, ensemble hashes before and after). Other shards' files are not touched. Returns the deletion's log
-    entry, or None when every subject was already deleted (running a deletion again is safe)."""
+    retrain, ensemble hashes before and after). Other shards' files are not touched. Returns the deletion's
+    log entry, or None when every subject was already deleted (running a deletion again is safe)."""
     _check_single_process()
     started, started_at = time.perf_counter(), _utc_now()
     root = Path(sisa_dir).resolve()
@@ -407,8 +410,8 @@ def delete_subjects(sisa_dir: str | os.PathLike, subjects: Sequence[str]) -> dic
     if unknown:
         known = sorted(record["subjects"])
         raise ValueError(
-            f"unknown subject id(s) {unknown}: the SISA run in {str(root)!r} holds {len(known)} subject(s), e.g. "
-            f"{', '.join(known[:5])}; deleted before: {record['deleted_subjects'] or 'none'}."
+            f"unknown subject id(s) {unknown}: the SISA run in {str(root)!r} holds {len(known)} subject(s), "
+            f"e.g. {', '.join(known[:5])}; deleted before: {record['deleted_subjects'] or 'none'}."
         )
     todo = [s for s in requested if s in record["subjects"]]
     if not todo:
@@ -505,7 +508,7 @@ def main(
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    """The recipe's parser: data and shard options, training and model (LoRA) arguments, `--config file.yaml`."""
+    """The recipe's parser: data and shard options, training and model (LoRA) arguments, `--config x.yaml`."""
     dataclass_types = (SisaScriptArguments, TrainingArguments, ModelArguments)
     if subparsers is not None:
         return subparsers.add_parser("sisa", help=__doc__.splitlines()[0], dataclass_types=dataclass_types)
