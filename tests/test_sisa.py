@@ -139,6 +139,8 @@ def test_training_records_the_plan_stages_and_checkpoint_hashes(trained, data_fi
         }
     assert record["training"]["steps"] == sum(p["steps"] for s in record["shards"] for p in s["slices"])
     assert (trained / "tokenizer.json").is_file() and (trained / "run.json").is_file()
+    wrote = {entry["path"] for entry in json.loads((trained / "run.json").read_text())["artifacts"]["wrote"]}
+    assert {"sisa.json", "shards/shard-1/slice-1/adapter_model.safetensors"} <= wrote
     assert not list(trained.parent.glob(".*partial")) and not (trained / ".trainer").exists()
     # Fingerprints and ids only, never the training text.
     assert "fact number" not in (trained / "sisa.json").read_text() + (trained / "run.json").read_text()

@@ -37,8 +37,9 @@ from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
 from llm_unlearn.data.loading import content_fingerprints, fingerprint, load_records
 from llm_unlearn.data.schema import SUBJECT_FIELD, DataError, validate_dataset
 from llm_unlearn.io import atomic_directory, write_json_atomic
+from llm_unlearn.manifest import artifact_manifest
 from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
-from llm_unlearn.run_record import describe_data, jsonable, library_versions, prepare_output
+from llm_unlearn.run_record import describe_data, jsonable, library_versions, prepare_output, run_inputs
 from llm_unlearn.sisa import (
     SISA_FILE,
     SISA_FORMAT,
@@ -340,6 +341,12 @@ def train_sisa(
         "model_args": model_args,
         "wall_time_s": time.perf_counter() - started,
         "versions": library_versions(),
+        # What the run read, and every file it wrote (checkpoints, sisa.json, tokenizer) by content hash.
+        "artifacts": artifact_manifest(
+            run_inputs(model_args.model_name_or_path, script_args),
+            staging,
+            revisions={model_args.model_name_or_path: getattr(base.config, "_commit_hash", None)},
+        ),
     }
     write_json_atomic(jsonable(run), staging / "run.json")
     if output_dir.exists():
