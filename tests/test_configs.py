@@ -9,12 +9,14 @@ import yaml
 
 from llm_unlearn import demo
 from llm_unlearn.methods import METHODS
-from llm_unlearn.scripts import evaluate, finetune, unlearn
+from llm_unlearn.scripts import evaluate, finetune, sisa, unlearn
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def recipe_for(path: Path):
+    if path.stem.startswith("sisa"):
+        return sisa
     if path.stem.startswith("finetune"):
         return finetune
     if path.stem.startswith("eval"):
@@ -30,6 +32,10 @@ def test_builtin_configs_parse_and_select_data(path, tmp_path):
         ["--config", str(path), "--output_dir", str(tmp_path), *extra]
     )
     data_args = parsed[0]
+    if module is sisa:
+        # SISA trains on every subject (no forget selection): the 10 people's 80 examples.
+        assert len(sisa.load_training_data(data_args.data_record())) == 80
+        return
     split = data_args.load_split()
     assert len(split.forget) == 16 and len(split.retain) == 64 and len(split.holdout) == 32
     if module is unlearn:
