@@ -26,7 +26,7 @@ from huggingface_hub.utils import validate_repo_id
 from llm_unlearn.data.loading import BUILTIN, SUPPORTED_EXTENSIONS
 from llm_unlearn.evaluation.gate import Measurement, eval_values
 from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS, write_report
-from llm_unlearn.io import write_json_atomic, write_text_atomic
+from llm_unlearn.io import read_json_object, write_json_atomic, write_text_atomic
 from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED, EMBEDDED_INSTALL, load_model_and_tokenizer
 from llm_unlearn.requests.report import REPORT_JSON, REPORT_MD
 
@@ -102,20 +102,10 @@ class RunDirectory:
         return self.record.get("data") or {}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise PushError(f"{path} is not valid JSON: {error}.") from error
-    if not isinstance(data, dict):
-        raise PushError(f"{path} holds a JSON {type(data).__name__}; expected an object.")
-    return data
-
-
 def adapter_base(adapter_dir: str | os.PathLike) -> str:
     """The base model an adapter directory names, a relative path resolved as the model loader resolves it."""
     adapter_dir = Path(adapter_dir)
-    base = str(_read_json(adapter_dir / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
+    base = str(read_json_object(adapter_dir / ADAPTER_CONFIG, PushError).get("base_model_name_or_path") or "")
     if base and not Path(base).is_absolute() and (adapter_dir / base).exists():
         base = str((adapter_dir / base).resolve())
     return base
@@ -158,7 +148,7 @@ def read_run_directory(
         if given is not None and not Path(given).exists():
             raise PushError(f"{name} {str(given)!r} does not exist.")
     eval_path = Path(eval_json) if eval_json is not None else path / "eval.json"
-    evaluation = _read_json(eval_path) if eval_path.is_file() else None
+    evaluation = read_json_object(eval_path, PushError) if eval_path.is_file() else None
     # The report is a directory holding both files or the path of its JSON file, with the Markdown beside it.
     report_dir = Path(unlearning_report) if unlearning_report is not None else path
     report_dir = report_dir if report_dir.is_dir() else report_dir.parent
@@ -166,7 +156,7 @@ def read_run_directory(
     base = adapter_base(path) if is_adapter else None
     if is_adapter and not base:
         raise PushError(f"{path / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path).")
-    return RunDirectory(path, _read_json(path / "run.json"), evaluation, base, report_files)
+    return RunDirectory(path, read_json_object(path / "run.json", PushError), evaluation, base, report_files)
 
 
 def is_hub_id(name: str) -> bool:
@@ -197,7 +187,7 @@ def upstream_hub_model(name: str) -> str | None:
         if (path / ADAPTER_CONFIG).is_file():
             name = adapter_base(path)
         elif (path / "run.json").is_file():
-            name = str(_read_json(path / "run.json").get("model") or "")
+            name = str(read_json_object(path / "run.json", PushError).get("model") or "")
         else:
             return None
     return None
@@ -652,7 +642,7 @@ def stage_run(
             for source in run.path.glob(pattern):
                 shutil.copy2(source, folder / source.name)
         if run.is_adapter and base_model is not None:
-            config = _read_json(folder / ADAPTER_CONFIG)
+            config = read_json_object(folder / ADAPTER_CONFIG, PushError)
             config["base_model_name_or_path"] = base_model
             write_json_atomic(config, folder / ADAPTER_CONFIG)
     card = build_model_card(run, repo_id=repo_id, merged=merge, base_model=base_model, license=license)

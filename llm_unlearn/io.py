@@ -30,6 +30,19 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_json_object(path: str | os.PathLike, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """The JSON object in `path`; `error` (a ValueError type) names the file when it is not valid JSON or not an
+    object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise error(f"{path} is not valid JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}; expected an object.")
+    return data
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write `obj` as indented JSON to `path` atomically (`write_text_atomic`)."""
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n", path)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_unlearn.evaluation import plots
-from llm_unlearn.io import atomic_directory, write_text_atomic
+from llm_unlearn.io import atomic_directory, read_json_object, write_text_atomic
 
 FILES_DIR = "report_files"
 # Summary values shown first, in this order; other summary keys follow.
@@ -56,16 +56,6 @@ class Run:
         return self.eval.get("summary") or {}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}.") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected an object.")
-    return data
-
-
 def load_run(run_dir: str | os.PathLike, label: str) -> Run:
     """Read a run directory's eval.json (required) and run.json (optional)."""
     path = Path(run_dir)
@@ -76,8 +66,8 @@ def load_run(run_dir: str | os.PathLike, label: str) -> Run:
             f"`llm-unlearn eval --output_dir {path}` writes."
         )
     record_path = path / "run.json"
-    record = _read_json(record_path) if record_path.is_file() else None
-    return Run(label, path, _read_json(eval_path), record)
+    record = read_json_object(record_path) if record_path.is_file() else None
+    return Run(label, path, read_json_object(eval_path), record)
 
 
 class Code(str):
@@ -239,7 +229,7 @@ def _reference_ratios(run: Run) -> tuple[list[Any] | None, str | None]:
     if not isinstance(reference, str):
         return None, None
     try:
-        return _forget_ratios(_read_json(Path(reference))), None
+        return _forget_ratios(read_json_object(Path(reference))), None
     except (OSError, ValueError) as error:
         return None, f"The reference eval {reference} recorded in eval.json could not be read ({error})."
 
