@@ -1,5 +1,6 @@
 """`llm-unlearn forget` end to end on a tiny model: a verified request with its report and ledger rows, a rerun
-that does no work, a run killed part-way and resumed, a batch, and a request that fails its gate."""
+that does no work, a run killed part-way and resumed, a batch, a request that fails its gate, and a request
+carried out exactly by a SISA deletion."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_unlearn.data.schema import DataError
 from llm_unlearn.requests.ledger import Ledger
-from llm_unlearn.requests.report import REPORT_MD, verify_report
-from llm_unlearn.scripts import evaluate, forget, unlearn
+from llm_unlearn.requests.report import EXACT_GUARANTEE, REPORT_MD, verify_report
+from llm_unlearn.scripts import evaluate, forget, sisa, unlearn
 
 SUBJECTS = ["s-a", "s-b", "s-c", "s-d"]
 PASSING = "forget/probability<target"
+KEEPS_UTILITY = "retain/probability>=0.5*target"
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +249,86 @@ def test_bad_input_is_refused_with_a_clear_error(setup, tmp_path, capsys):
         r"unknown subject id\(s\) \['nobody'\].*holds 4 subject\(s\), e\.g\. s-a", request.reason
     )
     assert "unknown subject" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sisa_run(setup, tmp_path_factory) -> Path:
+    """A SISA run on the four subjects: 2 shards x 2 slices, one subject per slice."""
+    args = [
+        "--model_name_or_path", setup["model"], "--dataset", setup["data"],
+        "--output_dir", str(tmp_path_factory.mktemp("sisa") / "run"), "--num_shards", "2", "--num_slices", "2",
+        "--use_peft", "true", "--lora_r", "2", "--lora_target_modules", "q_proj", "v_proj",
+        "--learning_rate", "0.05", "--num_train_epochs", "3", "--per_device_train_batch_size", "2",
+        "--max_length", "64", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
+    ]  # fmt: skip
+    return sisa.main(*sisa.make_parser().parse_args_and_config(args))
+
+
+def sisa_forget_args(setup: dict[str, str], model: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--suite", setup["suite"], "--output_dir", str(out), *extra]
+
+
+def test_a_sisa_request_retrains_only_the_subjects_shard_and_reports_the_exact_guarantee(
+    setup, sisa_run, tmp_path, count_calls
+):
+    before = {path: path.read_bytes() for path in sisa_run.rglob("*") if path.is_file()}
+    record = json.loads((sisa_run / "sisa.json").read_text())
+    shard = record["subjects"]["s-b"]["shard"]
+    out = tmp_path / "requests"
+    # The data comes from the run's sisa.json, and no recipe is named: the deletion retrains with the run's own
+    # settings.
+    args = sisa_forget_args(setup, sisa_run, out, "--subject", "s-b", "--check", KEEPS_UTILITY)
+    assert run_forget(args) == 0
+    assert count_calls == {"unlearn": 0, "evaluate": 2}
+    with Ledger(out / "ledger.sqlite") as ledger:
+        (request,) = ledger.requests()
+    assert request.status == "verified"
+    # The trained run is left as it was; the request's model is a copy with the subject deleted.
+    assert {path: path.read_bytes() for path in sisa_run.rglob("*") if path.is_file()} == before
+    model = out / request.request_id / "model"
+    deleted = json.loads((model / "sisa.json").read_text())
+    assert deleted["deleted_subjects"] == ["s-b"] and "s-b" not in deleted["subjects"]
+    (retrained,) = deleted["deletions"][0]["retrained"]
+    assert retrained["shard"] == shard
+    for index, (old, new) in enumerate(zip(record["shards"], deleted["shards"], strict=True)):
+        assert (old["checkpoints"] == new["checkpoints"]) == (index != shard)
+    assert not list(model.parent.glob(".*partial"))
+
+    report = json.loads((out / request.request_id / "unlearning_report.json").read_text())
+    assert verify_report(out / request.request_id / "unlearning_report.json")
+    assert report["method"]["name"] == "sisa" and report["method"]["kind"] == "exact"
+    assert report["method"]["hyperparameters"]["sharding"]["num_shards"] == 2
+    assert report["guarantee"] == EXACT_GUARANTEE and report["removed"]["num_examples"] == 3
+    comparison = report["comparison"]
+    assert comparison["kind"] == "exact" and comparison["values"]["retrained_shards"] == 1
+    cost = comparison["values"]
+    assert cost["cost_fraction_steps"] == cost["deletion_steps"] / cost["full_retrain_steps"]
+    assert 0 < cost["cost_fraction_steps"] < 1
+    # The replaced checkpoints of the trained run are listed as having contained the subject's data.
+    replaced = [entry for entry in report["artifacts"]["contained_data"] if "replaced" in entry["role"]]
+    assert {Path(entry["path"]).name for entry in replaced} == set(retrained["replaced_checkpoints"])
+    assert all(Path(entry["path"]).is_relative_to(sisa_run) for entry in replaced)
+    md = (out / request.request_id / REPORT_MD).read_text()
+    assert "sisa (exact unlearning, lora)" in md and "Exact: the served model is a retrained model" in md
+
+    # Again: nothing to do. From the new model, the deleted subject cannot be deleted again.
+    assert run_forget(args) == 0 and count_calls == {"unlearn": 0, "evaluate": 2}
+    again = sisa_forget_args(setup, model, out, "--subject", "s-b", "--check", KEEPS_UTILITY)
+    assert run_forget(again) == 1
+    with Ledger(out / "ledger.sqlite") as ledger:
+        refused = ledger.requests()[-1]
+    assert refused.status == "failed"
+    assert re.search(r"\['s-b'\] were deleted from the SISA run", refused.reason)
+
+
+def test_a_sisa_request_refuses_a_recipe_and_other_data(setup, sisa_run, tmp_path):
+    out = tmp_path / "requests"
+    check = ["--subject", "s-a", "--check", PASSING]
+    with pytest.raises(ValueError, match=r"is a SISA run: .* so --recipe does not apply"):
+        run_forget(sisa_forget_args(setup, sisa_run, out, "--recipe", setup["recipe"], *check))
+    other = tmp_path / "other.jsonl"
+    other.write_text(Path(setup["data"]).read_text().replace("fact number 7", "fact number 8"))
+    with pytest.raises(DataError, match=r"is not the data the SISA run .* was trained on"):
+        run_forget(sisa_forget_args(setup, sisa_run, out, "--data", str(other), *check))
+    with pytest.raises(ValueError, match=r"forget needs --recipe"):
+        run_forget(["--model", setup["model"], "--suite", setup["suite"], *check])

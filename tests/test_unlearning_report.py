@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from llm_unlearn.requests import (
     verify_report,
     write_unlearning_report,
 )
+from llm_unlearn.requests.paths import RecipePath
 
 EXAMPLES = {
     "person-0000": [
@@ -265,3 +267,30 @@ def test_model_artifact_names_a_local_model_by_its_version(tiny_model_dir):
     entry = model_artifact(tiny_model_dir, "target model")
     assert entry["role"] == "target model" and entry["kind"] == "directory"
     assert entry["model_version"] == model_version(tiny_model_dir) and "files" not in entry
+
+
+def test_the_approximate_comparison_divides_the_unlearning_cost_by_the_retain_models(tmp_path):
+    def run_dir(name: str, seconds: float, steps: int) -> str:
+        directory = tmp_path / name
+        directory.mkdir()
+        run = {"train_metrics": {"train_runtime": seconds}, "log_history": [{"loss": 1.0, "step": steps - 1},
+               {"train_runtime": seconds, "step": steps}]}  # fmt: skip
+        (directory / "run.json").write_text(json.dumps(run))
+        return str(directory)
+
+    unlearned, retain = run_dir("unlearned", 50.0, 8), run_dir("retain", 200.0, 32)
+    reference = tmp_path / "retain_eval.json"
+    reference.write_text(json.dumps({"model": retain}))
+    summary = {"forget_quality": {"value": 0.2}, "privleak": {"value": None, "reason": "no reference"}}
+    path = RecipePath(unlearned, "recipe.yaml")
+    comparison = path.comparison(Path(unlearned), {"summary": summary}, str(reference))
+    assert comparison["kind"] == "approximate" and comparison["reference"] == str(reference.resolve())
+    assert comparison["values"] == {
+        "forget_quality": 0.2, "unlearning_steps": 8, "retraining_steps": 32, "cost_fraction_steps": 0.25,
+        "unlearning_train_s": 50.0, "retraining_train_s": 200.0, "cost_fraction_seconds": 0.25,
+    }  # fmt: skip
+    # A retain model that is not a local run gives no cost, and no reference gives no comparison.
+    reference.write_text(json.dumps({"model": "someone/retain-model"}))
+    values = path.comparison(Path(unlearned), {"summary": summary}, str(reference))["values"]
+    assert values == {"forget_quality": 0.2}
+    assert path.comparison(Path(unlearned), {"summary": summary}, None) is None

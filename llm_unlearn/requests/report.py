@@ -73,6 +73,8 @@ EXACT_LIMITATIONS = (
     "itself was trained on the subject's data, that influence remains.",
     "Earlier model versions listed as having contained the data, and the shard checkpoints taken after the "
     "removed examples' slice, still contain it until they are deleted.",
+    "The shard plan (which subject went to which shard and slice) was made while the subjects were in the "
+    "data; it is kept after the deletion, so it still reflects that the subjects were there.",
 )
 SIGNATURE_NOTE = (
     "The signature is the sha256 of the canonical JSON of unlearning_report.json without its signature "

@@ -1,6 +1,7 @@
 """Process deletion requests: find each request's subjects' training examples through the lineage, unlearn them
-with a recipe, evaluate the target and the unlearned model with a suite, gate the result, write the signed
-unlearning report, and record every step and the outcome in the ledger.
+(with an approximate recipe, or exactly by deleting them from a SISA run), evaluate the target and the unlearned
+model with a suite, gate the result, write the signed unlearning report, and record every step and the outcome
+in the ledger.
 
 Idempotent and resumable: each step's output appears atomically and the ledger records its hash, so running the
 same command again skips every step whose output is still there unchanged and finishes what a killed run left.
@@ -9,6 +10,12 @@ same command again skips every step whose output is still there unchanged and fi
         --data_config num_people=10,num_holdout=4 --recipe configs/builtin/graddiff_lora.yaml \\
         --suite eval/builtin.yaml --reference_eval outputs/demo/retain/eval.json \\
         --check "forget/probability<=0.5*target" --output_dir outputs/requests
+
+With a SISA directory as --model there is no --recipe: the shards that hold the subjects are retrained without
+them, in a copy of the directory, with the data and settings recorded in its sisa.json.
+
+    llm-unlearn forget --subject person-0000 --model outputs/builtin/sisa --suite eval/builtin.yaml \\
+        --check "forget/probability<=0.8*target" --output_dir outputs/requests
 """
 
 from __future__ import annotations
@@ -30,20 +37,22 @@ from datasets import Dataset
 from trl import TrlParser
 
 from llm_unlearn.data.loading import fingerprint, load_records
+from llm_unlearn.data.schema import DataError
 from llm_unlearn.evaluation import load_eval
 from llm_unlearn.evaluation.gate import GateArguments, format_table, gate, parse_check, results_to_json
 from llm_unlearn.io import write_json_atomic
 from llm_unlearn.manifest import read_record, sha256_file
 from llm_unlearn.requests.ledger import LEDGER_FILE, Ledger, LedgerError, Request, utc_now
+from llm_unlearn.requests.paths import SisaPath, UnlearningPath, unlearning_path
 from llm_unlearn.requests.report import (
     REPORT_JSON,
     build_unlearning_report,
-    model_artifact,
     sign,
     standard_statements,
     write_unlearning_report,
 )
-from llm_unlearn.scripts import evaluate, unlearn
+from llm_unlearn.scripts import evaluate
+from llm_unlearn.sisa import is_sisa_dir, read_sisa_record
 
 # The steps of one request in the order they run, each with the steps whose output it reads: when one of those
 # runs again, so must it.
@@ -60,12 +69,6 @@ KILL_AFTER_STEP_ENV = "LLM_UNLEARN_KILL_AFTER_STEP"
 BATCH_KEYS = ("request_id", "subjects")
 # The request settings the target model's eval depends on.
 TARGET_EVAL_SETTINGS = ("model", "data", "suite", "reference_eval", "max_eval_items")
-# The training settings a report lists as the method's hyperparameters (beside the method's own config).
-TRAINING_HYPERPARAMETERS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "seed",
-)  # fmt: skip
-LORA_HYPERPARAMETERS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 @dataclass
@@ -95,9 +98,13 @@ class ForgetArguments:
         default=None,
         metadata={"aliases": ["--model_name_or_path"], "help": "The trained (target) model to unlearn from."},
     )
-    data: str = field(
-        default="builtin",
-        metadata={"aliases": ["--dataset"], "help": "The data the model was trained on (as in the recipes)."},
+    data: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--dataset"],
+            "help": "The data the model was trained on, as in the recipes (default: builtin; for a SISA run, "
+            "the data in its sisa.json).",
+        },
     )
     data_config: str | None = field(
         default=None, metadata={"aliases": ["--dataset_config"], "help": "Its Hub config or builtin options."}
@@ -105,7 +112,10 @@ class ForgetArguments:
     data_split: str = field(
         default="train", metadata={"aliases": ["--dataset_split"], "help": "The split trained on."}
     )
-    recipe: str | None = field(default=None, metadata={"help": "Unlearning recipe config (configs/...yaml)."})
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "Unlearning recipe config (configs/...yaml); none for a SISA run as --model."},
+    )
     suite: str | None = field(default=None, metadata={"help": "Eval suite YAML (eval/builtin.yaml)."})
     reference_eval: str | None = field(
         default=None, metadata={"help": "The retain model's eval.json (forget quality; the gate's 'retain')."}
@@ -131,9 +141,26 @@ class ForgetArguments:
             self.subjects = [self.subjects]
         if isinstance(self.checks, str):
             self.checks = [self.checks]
-        missing = [name for name in ("model", "recipe", "suite") if getattr(self, name) is None]
+        missing = [name for name in ("model", "suite") if getattr(self, name) is None]
+        sisa = self.model is not None and is_sisa_dir(self.model)
+        if self.recipe is None and not sisa:
+            missing.insert(1, "recipe")
         if missing:
-            raise ValueError(f"forget needs {', '.join('--' + name for name in missing)}.")
+            raise ValueError(
+                f"forget needs {', '.join('--' + name for name in missing)} (no --recipe for a SISA run as "
+                "--model)."
+            )
+        if sisa and self.recipe is not None:
+            raise ValueError(
+                f"--model {self.model} is a SISA run: a deletion retrains its shards with the data and settings "
+                "in its sisa.json, so --recipe does not apply; leave it out."
+            )
+        if sisa and self.data is None:
+            recorded = read_sisa_record(self.model)["data"]
+            self.data, self.data_config = recorded["dataset"], recorded["dataset_config"]
+            self.data_split = recorded["dataset_split"]
+        elif self.data is None:
+            self.data = "builtin"
         if bool(self.subjects) == bool(self.requests_file):
             raise ValueError(
                 "give the subjects of one request (--subject ID ...) or a --requests_file, not both."
@@ -202,14 +229,14 @@ def model_identity(model: str) -> str:
     return record.get("model_version") or record.get("sha256") or record["path"]
 
 
-def request_settings(args: ForgetArguments, data: Dataset) -> dict[str, Any]:
+def request_settings(args: ForgetArguments, path: UnlearningPath, data: Dataset) -> dict[str, Any]:
     """What a request's result depends on, by content: model, data, recipe, suite, reference eval, checks.
     Part of the derived request id, so the same command finds the same request and a changed recipe makes a
     new one."""
     return {
         "model": model_identity(args.model),
         "data": {"source": args.data_source(), "fingerprint": fingerprint(data)},
-        "recipe": sha256_file(args.recipe),
+        "recipe": path.identity(),
         "suite": sha256_file(args.suite),
         "reference_eval": sha256_file(args.reference_eval) if args.reference_eval else None,
         "checks": list(args.checks),
@@ -247,22 +274,14 @@ def utility_change(target: dict[str, Any], unlearned: dict[str, Any]) -> dict[st
     return change
 
 
-def _hyperparameters(run: dict[str, Any]) -> dict[str, Any]:
-    training = run.get("training_args", {})
-    values = {"method": run.get("method_config", {})}
-    values["training"] = {key: training[key] for key in TRAINING_HYPERPARAMETERS if key in training}
-    if run.get("mode") == "lora":
-        model_args = run.get("model_args", {})
-        values["lora"] = {key: model_args[key] for key in LORA_HYPERPARAMETERS if key in model_args}
-    return values
-
-
 class RequestRun:
     """One request's steps, run in order against the ledger: each skipped when its output is recorded and
     unchanged, recorded when a killed run wrote its output but not the record, else run."""
 
-    def __init__(self, args: ForgetArguments, ledger: Ledger, request: Request, data: Dataset) -> None:
-        self.args, self.ledger, self.request, self.data = args, ledger, request, data
+    def __init__(
+        self, args: ForgetArguments, path: UnlearningPath, ledger: Ledger, request: Request, data: Dataset
+    ) -> None:
+        self.args, self.path, self.ledger, self.request, self.data = args, path, ledger, request, data
         output_dir = Path(args.output_dir).resolve()
         self.directory = output_dir / request.request_id
         # The target's eval depends on the model, the data, the suite and which subjects form the forget split,
@@ -343,6 +362,7 @@ class RequestRun:
 
     def resolve(self, output: Path, replace: bool) -> dict[str, Any]:
         """Record the lineage (once) and resolve the subjects' examples: count and fingerprints per subject."""
+        self.path.check_subjects(self.request.subjects)
         dataset_fingerprint = self.ledger.record_training_data(
             self.data, self.args.data_source(), self.request.settings["model"], str(self.args.model)
         )
@@ -372,25 +392,16 @@ class RequestRun:
         return [*flags, "--forget_subjects", *self.request.subjects]
 
     def unlearn(self, output: Path, replace: bool) -> dict[str, Any]:
-        """Run the unlearning recipe with the request's subjects as the forget set."""
-        _run_recipe(
-            unlearn,
-            ["--config", self.args.recipe, "--model_name_or_path", self.args.model, *self._data_flags(),
-             "--output_dir", str(output), "--overwrite", str(replace).lower()],
-        )  # fmt: skip
+        """Unlearn the request's subjects: the recipe with them as the forget set, or their SISA deletion."""
+        detail = self.path.unlearn(output, replace, self.request.subjects, self._data_flags())
         resolved = json.loads(self.outputs["resolve"].read_text())["num_examples"]
-        run = json.loads((output / "run.json").read_text())
-        forgotten = run["data"]["forget"]["num_examples"]
-        if forgotten != resolved:
+        if detail["num_examples"] != resolved:
             raise LedgerError(
-                f"the recipe {self.args.recipe} unlearned {forgotten} examples, but the lineage holds {resolved} "
-                f"of subjects {self.request.subjects}; does its config hold some of them out (holdout_*)?"
+                f"{self.path.kind} unlearning removed {detail['num_examples']} examples, but the lineage holds "
+                f"{resolved} of subjects {self.request.subjects}; does the recipe's config hold some of them out "
+                "(holdout_*)?"
             )
-        return {
-            "method": run["method"],
-            "mode": run["mode"],
-            "model_version": run["artifacts"]["model_version"],
-        }
+        return detail
 
     def _evaluate(self, model: str, output: Path, replace: bool, *flags: str) -> dict[str, Any]:
         reference = ["--reference_eval", self.args.reference_eval] if self.args.reference_eval else []
@@ -428,7 +439,6 @@ class RequestRun:
     def report(self, output: Path, replace: bool) -> dict[str, Any]:
         """Write the signed unlearning report (json and md) of the request's outcome."""
         resolved = json.loads(self.outputs["resolve"].read_text())
-        run = json.loads((self.outputs["unlearn"] / "run.json").read_text())
         target_eval, unlearned_eval = (
             load_eval(self.outputs["evaluate_target"]),
             load_eval(self.outputs["evaluate"]),
@@ -439,17 +449,6 @@ class RequestRun:
             {"role": "trained on the subjects' data (lineage)", "path": path or "not recorded", "model_version": version}
             for version, path in resolved["model_versions"].items()
         ]  # fmt: skip
-        comparison = None
-        if self.args.reference_eval:
-            summary = unlearned_eval.get("summary", {})
-            comparison = {
-                "kind": "approximate",
-                "description": "evaluated against the retain model (trained without the forget set): forget "
-                "quality and PrivLeak compare the unlearned model's forget-set statistics with it.",
-                "reference": str(Path(self.args.reference_eval).resolve()),
-                "values": {name: summary[name]["value"] for name in ("forget_quality", "privleak")
-                           if summary.get(name, {}).get("value") is not None},
-            }  # fmt: skip
         compute_s = sum(
             (
                 datetime.fromisoformat(step.finished_at) - datetime.fromisoformat(step.started_at)
@@ -460,18 +459,16 @@ class RequestRun:
         timing: dict[str, Any] = {"compute_s": compute_s}
         if self.args.target_days is not None:
             timing.update(target_s=self.args.target_days * 86400.0, target=f"{self.args.target_days:g} days")
-        guarantee, limitations = standard_statements("approximate")
+        guarantee, limitations = standard_statements(self.path.kind)
+        model = self.outputs["unlearn"]
         report = build_unlearning_report(
             request={"request_id": self.request.request_id, "subject_ids": self.request.subjects,
                      "status": status, "reason": reason, "received_at": self.request.created_at,
                      "finished_at": finished_at, "ledger": str(self.ledger.path.resolve())},
             removed=resolved["examples"],
-            artifacts={"base_model": model_artifact(self.args.model, "target model (unlearned from)"),
-                       "contained_data": contained,
-                       "new_model": model_artifact(self.outputs["unlearn"], "unlearned model")},
-            method={"name": run["method"], "kind": "approximate", "mode": run["mode"],
-                    "recipe": str(Path(self.args.recipe).resolve()), "hyperparameters": _hyperparameters(run)},
-            comparison=comparison,
+            artifacts=self.path.artifacts(model, contained),
+            method=self.path.method(model),
+            comparison=self.path.comparison(model, unlearned_eval, self.args.reference_eval),
             tests=json.loads(self.outputs["gate"].read_text())["checks"],
             utility=utility_change(target_eval, unlearned_eval),
             timing=timing,
@@ -484,7 +481,12 @@ class RequestRun:
 
 
 def process_request(
-    args: ForgetArguments, ledger: Ledger, spec: RequestSpec, data: Dataset, settings: dict[str, Any]
+    args: ForgetArguments,
+    path: UnlearningPath,
+    ledger: Ledger,
+    spec: RequestSpec,
+    data: Dataset,
+    settings: dict[str, Any],
 ) -> Request:
     """Open (or find) one request and bring it to verified or failed; a request already finished is left as
     it is. An error in a step marks the request failed with the error, and is raised."""
@@ -499,7 +501,7 @@ def process_request(
         return request
     ledger.set_status(request_id, "running")
     try:
-        return RequestRun(args, ledger, request, data).run()
+        return RequestRun(args, path, ledger, request, data).run()
     except Exception as error:
         ledger.set_status(request_id, "failed", f"{type(error).__name__}: {error}")
         raise
@@ -508,13 +510,22 @@ def process_request(
 def main(args: ForgetArguments) -> int:
     """Process every request in order and print each outcome; returns 0 when all are verified, else 1."""
     specs = args.request_specs()
+    path = unlearning_path(args.model, args.recipe)
     data = load_records(args.data, config=args.data_config, split=args.data_split)
-    settings = request_settings(args, data)
+    if isinstance(path, SisaPath) and fingerprint(data) != path.record["data"]["fingerprint"]:
+        recorded = path.record["data"]
+        raise DataError(
+            f"--data {args.data_source()} is not the data the SISA run {args.model} was trained on "
+            f"({recorded['dataset']} {recorded['dataset_config'] or ''} [{recorded['dataset_split']}], "
+            f"fingerprint {recorded['fingerprint']}); leave --data out to use that data."
+        )
+    settings = request_settings(args, path, data)
+    lineage = path.lineage_data(data)
     outcomes: list[tuple[RequestSpec, str, str]] = []
     with Ledger(args.ledger_path()) as ledger:
         for spec in specs:
             try:
-                request = process_request(args, ledger, spec, data, settings)
+                request = process_request(args, path, ledger, spec, lineage, settings)
                 outcomes.append((spec, request.request_id, request.status))
             except Exception as error:
                 # One request's error does not stop the batch; the ledger holds it as the request's reason.

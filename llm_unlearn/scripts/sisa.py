@@ -39,6 +39,7 @@ from llm_unlearn.data.schema import SUBJECT_FIELD, DataError, validate_dataset
 from llm_unlearn.io import atomic_directory, write_json_atomic
 from llm_unlearn.manifest import artifact_manifest
 from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
+from llm_unlearn.requests.report import EXACT_GUARANTEE
 from llm_unlearn.run_record import describe_data, jsonable, library_versions, prepare_output, run_inputs
 from llm_unlearn.sisa import (
     SISA_FILE,
@@ -53,16 +54,6 @@ from llm_unlearn.sisa import (
 
 logger = logging.getLogger(__name__)
 
-# What a deletion guarantees, recorded with it (the unlearning report quotes it).
-EXACT_GUARANTEE = (
-    "Exact unlearning (SISA): after this deletion, no shard model that the ensemble serves was trained on "
-    "the deleted examples. Shards that never held them are unchanged; each shard that held them was restored "
-    "to its checkpoint from before their slice and retrained on its remaining data with the recorded "
-    "settings, which gives the shard that training without those examples produces. Not covered: the base "
-    "model (trained before and apart from SISA), copies of earlier checkpoints or ensembles kept outside "
-    "this directory, and the shard plan itself (which subject went to which shard was decided while the "
-    "subjects were in the data)."
-)
 # Options of DataArguments that choose forget, retain or holdout sets, which SISA training has no use for.
 SELECTORS = ("forget_subjects", "retain_subjects", "forget_data", "holdout_subjects", "holdout_data")
 
