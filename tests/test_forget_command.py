@@ -282,10 +282,13 @@ def test_a_sisa_request_retrains_only_the_subjects_shard_and_reports_the_exact_g
     assert count_calls == {"unlearn": 0, "evaluate": 2}
     with Ledger(out / "ledger.sqlite") as ledger:
         (request,) = ledger.requests()
+        # The lineage knows the new model holds the other subjects' examples, and not the deleted subject's.
+        model = out / request.request_id / "model"
+        assert str(model) in ledger.model_versions_with(["s-a"]).values()
+        assert str(model) not in ledger.model_versions_with(["s-b"]).values()
     assert request.status == "verified"
     # The trained run is left as it was; the request's model is a copy with the subject deleted.
     assert {path: path.read_bytes() for path in sisa_run.rglob("*") if path.is_file()} == before
-    model = out / request.request_id / "model"
     deleted = json.loads((model / "sisa.json").read_text())
     assert deleted["deleted_subjects"] == ["s-b"] and "s-b" not in deleted["subjects"]
     (retrained,) = deleted["deletions"][0]["retrained"]

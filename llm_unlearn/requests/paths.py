@@ -49,6 +49,9 @@ class UnlearningPath(Protocol):
     def check_subjects(self, subjects: Sequence[str]) -> None:
         """Raise LedgerError when the subjects cannot be removed this way."""
 
+    def data_after(self, data: Dataset, subjects: Sequence[str]) -> Dataset:
+        """The training data the unlearned model holds, out of `data` (the lineage data)."""
+
     def unlearn(
         self, output: Path, replace: bool, subjects: Sequence[str], data_flags: Sequence[str]
     ) -> dict:
@@ -112,6 +115,10 @@ class RecipePath:
 
     def check_subjects(self, subjects: Sequence[str]) -> None:
         """Any subject of the training data can be unlearned."""
+
+    def data_after(self, data: Dataset, subjects: Sequence[str]) -> Dataset:
+        """All of it: approximate unlearning does not prove that the subjects' examples are gone."""
+        return data
 
     def unlearn(
         self, output: Path, replace: bool, subjects: Sequence[str], data_flags: Sequence[str]
@@ -202,11 +209,14 @@ class SisaPath:
 
     def lineage_data(self, data: Dataset) -> Dataset:
         """The examples of the subjects still in the run (those deleted before are in no served shard)."""
-        deleted = set(self.record["deleted_subjects"])
-        if not deleted:
+        return self.data_after(data, self.record["deleted_subjects"])
+
+    def data_after(self, data: Dataset, subjects: Sequence[str]) -> Dataset:
+        """The examples of every subject but these."""
+        removed = set(subjects)
+        if not removed:
             return data
-        keep = [row for row, subject in enumerate(data[SUBJECT_FIELD]) if subject not in deleted]
-        return data.select(keep)
+        return data.select([row for row, subject in enumerate(data[SUBJECT_FIELD]) if subject not in removed])
 
     def check_subjects(self, subjects: Sequence[str]) -> None:
         """Refuse subjects deleted from this run before, naming the deletion."""
@@ -292,14 +302,15 @@ class SisaPath:
                 f"the served model is a retrained model. Retrained without the subjects' examples: {retrained}, "
                 f"with the settings recorded at training; the other {untouched} shard(s) never held them and "
                 "are unchanged (their checkpoint hashes match). The cost fractions divide the deletion's "
-                "training (optimizer steps, training-loop seconds) by that of retraining every shard."
+                "training (optimizer steps, training-loop seconds) by that of retraining every shard without "
+                "them from its initial adapter."
                 + (
                     " Forget quality and PrivLeak compare with the retain model's eval given as reference."
                     if reference_eval
                     else ""
                 )
             ),
-            "reference": str(Path(self.model) / SISA_FILE),
+            "reference": str(Path(reference_eval).resolve()) if reference_eval else None,
             "values": values,
         }
 

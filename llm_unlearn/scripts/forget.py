@@ -41,7 +41,7 @@ from llm_unlearn.data.schema import DataError
 from llm_unlearn.evaluation import load_eval
 from llm_unlearn.evaluation.gate import GateArguments, format_table, gate, parse_check, results_to_json
 from llm_unlearn.io import write_json_atomic
-from llm_unlearn.manifest import read_record, sha256_file
+from llm_unlearn.manifest import model_version, read_record, sha256_file
 from llm_unlearn.requests.ledger import LEDGER_FILE, Ledger, LedgerError, Request, utc_now
 from llm_unlearn.requests.paths import SisaPath, UnlearningPath, unlearning_path
 from llm_unlearn.requests.report import (
@@ -244,6 +244,12 @@ def request_settings(args: ForgetArguments, path: UnlearningPath, data: Dataset)
     }
 
 
+def _shown_path(model: str) -> str:
+    """A local model by absolute path (as the report shows every artifact), else its Hub id or name."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def _run_recipe(module: Any, flags: list[str]) -> Any:
     return module.main(*module.make_parser().parse_args_and_config(flags))
 
@@ -364,7 +370,7 @@ class RequestRun:
         """Record the lineage (once) and resolve the subjects' examples: count and fingerprints per subject."""
         self.path.check_subjects(self.request.subjects)
         dataset_fingerprint = self.ledger.record_training_data(
-            self.data, self.args.data_source(), self.request.settings["model"], str(self.args.model)
+            self.data, self.args.data_source(), self.request.settings["model"], _shown_path(self.args.model)
         )
         examples = self.ledger.examples_of(self.request.subjects, dataset_fingerprint)
         fingerprints = {
@@ -437,7 +443,14 @@ class RequestRun:
         return {"passed": record["passed"], "num_failed": record["num_failed"]}
 
     def report(self, output: Path, replace: bool) -> dict[str, Any]:
-        """Write the signed unlearning report (json and md) of the request's outcome."""
+        """Record the new model in the lineage and write the signed unlearning report (json and md) of the
+        request's outcome."""
+        model = self.outputs["unlearn"]
+        # The new model holds the training data it derives from: all of it after approximate unlearning (which
+        # proves no removal), the rest after a SISA deletion. A later request finds it among the versions that
+        # contained its subjects' data.
+        kept = self.path.data_after(self.data, self.request.subjects)
+        self.ledger.record_training_data(kept, self.args.data_source(), model_version(model), str(model))
         resolved = json.loads(self.outputs["resolve"].read_text())
         target_eval, unlearned_eval = (
             load_eval(self.outputs["evaluate_target"]),
@@ -460,7 +473,6 @@ class RequestRun:
         if self.args.target_days is not None:
             timing.update(target_s=self.args.target_days * 86400.0, target=f"{self.args.target_days:g} days")
         guarantee, limitations = standard_statements(self.path.kind)
-        model = self.outputs["unlearn"]
         report = build_unlearning_report(
             request={"request_id": self.request.request_id, "subject_ids": self.request.subjects,
                      "status": status, "reason": reason, "received_at": self.request.created_at,
