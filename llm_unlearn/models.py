@@ -238,6 +238,10 @@ def _load_adapter(
         base = str((path / base).resolve())
     model, tokenizer = load_model_and_tokenizer(base, dtype=dtype, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    # PEFT froze every base weight when it wrapped the model, and merging keeps them frozen: unfreeze, so the merged
+    # model is trainable like any loaded model (full-parameter unlearning of a fine-tuned adapter otherwise trains
+    # nothing: DPO's backward fails, RMU finds no trainable parameter).
+    model.requires_grad_(True)
     if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     return model, tokenizer

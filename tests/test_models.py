@@ -75,6 +75,19 @@ def test_adapter_directory_loads_onto_its_base_and_merges(tiny_model_dir, tmp_pa
         assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
 
 
+def test_merged_adapter_is_trainable_like_a_plain_model(tiny_model_dir, tmp_path):
+    """Full-parameter training of a merged adapter (unlearning a LoRA-fine-tuned target in full mode) needs its
+    weights unfrozen: PEFT freezes them when wrapping, and merging alone does not undo that."""
+    model, _ = load_model_and_tokenizer(
+        tiny_model_dir, peft_config=LoraConfig(r=4, target_modules="all-linear")
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    plain, _ = load_model_and_tokenizer(tiny_model_dir)
+    merged, _ = load_model_and_tokenizer(str(tmp_path / "adapter"))
+    assert all(p.requires_grad for p in plain.parameters())
+    assert all(p.requires_grad for p in merged.parameters())
+
+
 def test_peft_config_wraps_only_adapters_trainable(tiny_model_dir):
     model, _ = load_model_and_tokenizer(
         tiny_model_dir, peft_config=LoraConfig(r=4, target_modules="all-linear")
