@@ -31,7 +31,15 @@ def free_port() -> int:
 
 def torchrun(script: Path | str, *args: str, cwd: Path) -> None:
     """Run `script` in 2 CPU processes with torchrun, as tests/test_recipes.py does."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # CPU processes even where a GPU is visible: with ACCELERATE_USE_CPU alone, transformers still puts batches on
+    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(free_port()), str(script), *args]  # fmt: skip
     subprocess.run(command, check=True, env=env, cwd=cwd)

@@ -28,7 +28,7 @@ RETAIN = [{"question": "Capital of France?", "answer": "Paris."}, {"question": "
 def hand_seq_logprob(model, input_ids: list[int], labels: list[int]) -> float:
     """Sum of log p(y_t) over answer tokens, one position at a time in float64."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([input_ids])).logits[0].double()
+        logits = model(input_ids=torch.tensor([input_ids], device=model.device)).logits[0].double()
     return sum(
         torch.log_softmax(logits[t - 1], -1)[labels[t]].item()
         for t in range(1, len(labels))

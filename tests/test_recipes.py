@@ -128,7 +128,15 @@ def test_two_processes_match_one_process_at_same_global_batch(tiny_model_dir, qa
         "--method", method, "--learning_rate", "0.05", "--optim", "sgd", "--max_steps", "3",
         "--lr_scheduler_type", "constant",
     ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # CPU processes even where a GPU is visible: with ACCELERATE_USE_CPU alone, transformers still puts batches on
+    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     script = str(ROOT / "recipes" / "unlearn.py")
     one = tmp_path / "one"
     two = tmp_path / "two"
@@ -183,7 +191,8 @@ def test_lora_unlearning_leaves_the_base_weights_bit_identical(tiny_model_dir, q
                        "--learning_rate", "0.05", "--per_device_train_batch_size", "2")  # fmt: skip
     script_args, training_args, model_args = unlearn.make_parser().parse_args_and_config(args)
     model, tokenizer = load_from_args(model_args)
-    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    # Trainer moves the model to the GPU where there is one: compare on the CPU.
+    base_before = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if "lora_" not in n}
     split = script_args.load_split()
     trainer = UnlearnTrainer(
         model=model, args=training_args, train_dataset=tokenize_views(split.forget, tokenizer, {}, max_length=64),
@@ -192,5 +201,5 @@ def test_lora_unlearning_leaves_the_base_weights_bit_identical(tiny_model_dir, q
     )  # fmt: skip
     trainer.train()
     after = dict(model.named_parameters())
-    assert all(torch.equal(base_before[n], after[n]) for n in base_before)
+    assert all(torch.equal(base_before[n], after[n].detach().cpu()) for n in base_before)
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in after.items() if "lora_B" in n)

@@ -274,11 +274,12 @@ def forget_mse(trainer: UnlearnTrainer) -> list[float]:
 def test_full_mode_run_lowers_forget_mse_and_changes_only_selected_weights(
     tiny_model, tiny_tokenizer, tmp_path
 ):
-    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    # Trainer moves the model to the GPU where there is one: compare on the CPU.
+    before = {k: v.cpu().clone() for k, v in tiny_model.state_dict().items()}
     trainer = run_rmu(tiny_model, tiny_tokenizer, tmp_path)
     mse = forget_mse(trainer)
     assert len(mse) == 6 and mse[-1] < mse[0]
-    changed = {k for k, v in tiny_model.state_dict().items() if not torch.equal(before[k], v)}
+    changed = {k for k, v in tiny_model.state_dict().items() if not torch.equal(before[k], v.cpu())}
     assert changed == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
 
 
@@ -286,12 +287,12 @@ def test_lora_mode_run_lowers_forget_mse_and_trains_only_down_proj_adapters(
     tiny_model, tiny_tokenizer, tmp_path
 ):
     model = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.cpu().clone() for k, v in model.state_dict().items()}
     trainer = run_rmu(model, tiny_tokenizer, tmp_path)
     assert trainer._reference_model is None
     mse = forget_mse(trainer)
     assert len(mse) == 6 and mse[-1] < mse[0]
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v.cpu())}
     assert changed and all(re.search(r"layers\.[01]\.mlp\.down_proj\.lora_[AB]\.", k) for k in changed)
 
 
@@ -305,7 +306,15 @@ def test_two_processes_match_one_process_although_the_forward_stops_early(tiny_m
     ]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # CPU processes even where a GPU is visible: with ACCELERATE_USE_CPU alone, transformers still puts batches on
+    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     script = str(ROOT / "recipes" / "unlearn.py")
 
     def args(out: Path, batch_size: int) -> list[str]:
