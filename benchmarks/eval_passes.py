@@ -8,6 +8,7 @@
     (TOFU) and at 40.
 
     python benchmarks/eval_passes.py [--model embedded] [--num_people 6] [--num_prompts 32] [--threads 1]
+        [--device cuda] [--dtype bfloat16]
 
 Each pair prints both times, their ratio, and whether the results agree (log-probabilities within 1e-4 and the
 same argmax hits; identical generated texts). Ratios are taken within one run; absolute seconds depend on the
@@ -30,9 +31,17 @@ from llm_unlearn.evaluation.generation import generate_greedy, greedy_generation
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a timer read without this misses them."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    synchronize()
     started = time.perf_counter()
     result = function(*args, **kwargs)
+    synchronize()
     return result, time.perf_counter() - started
 
 
@@ -91,6 +100,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, nargs="+", default=[200, 40])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice).")
+    parser.add_argument("--device", default="cpu", help="Where the model runs: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", help="Weights' dtype: float32, bfloat16 or float16.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,11 +109,12 @@ def main() -> None:
     from llm_unlearn.data.fictional import make_fictional_dataset
     from llm_unlearn.models import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    model.eval()
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model.to(args.device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = list(make_fictional_dataset(num_people=args.num_people)["train"])
-    print(f"Model {args.model} ({type(model).__name__}), {torch.get_num_threads()} threads, ", end="")
+    print(f"Model {args.model} ({type(model).__name__}, {args.dtype}) on {model.device}, ", end="")
+    print(f"{torch.get_num_threads()} threads, ", end="")
     print(f"batch size {args.batch_size}")
 
     sequences, groups = answer_groups(tokenizer, rows)

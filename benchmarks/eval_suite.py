@@ -2,7 +2,7 @@
 backward passes (GradNorm) and generation steps, measured in one run, plus the time of each metric family.
 
     python benchmarks/eval_suite.py [--suite eval/builtin.yaml] [--model embedded] [--reference_eval PATH]
-        [--attacks] [--threads N]
+        [--attacks] [--threads N] [--device cuda] [--dtype bfloat16]
 
 The model's own time is every top-level `forward` call (timed with hooks, so it covers the teacher-forced
 passes, answer groups, prefill and every decode step) plus every backward pass GradNorm takes. Everything else
@@ -28,6 +28,12 @@ from llm_unlearn.scripts import evaluate
 REPO = Path(__file__).resolve().parents[1]
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a timer read without this misses them."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 class ModelClock:
     """Seconds spent inside the model's top-level forward calls and in GradNorm's backward passes."""
 
@@ -41,16 +47,20 @@ class ModelClock:
         self._grad = torch.autograd.grad
 
     def _enter(self, module, args) -> None:
+        synchronize()
         self._started = time.perf_counter()
 
     def _leave(self, module, args, output) -> None:
+        synchronize()
         self.forward_s += time.perf_counter() - self._started
         self.calls += 1
 
     def timed_grad(self, *args, **kwargs):
         """`torch.autograd.grad`, timed: in the eval suite only GradNorm calls it."""
+        synchronize()
         started = time.perf_counter()
         result = self._grad(*args, **kwargs)
+        synchronize()
         self.backward_s += time.perf_counter() - started
         return result
 
@@ -66,6 +76,8 @@ def main() -> None:
     parser.add_argument("--reference_eval", default=None, help="A retain model's eval.json (PrivLeak, FQ).")
     parser.add_argument("--attacks", action="store_true", help="Also run the suite's robustness attacks.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="Where the model runs: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", help="Weights' dtype: float32, bfloat16 or float16.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +88,8 @@ def main() -> None:
     (script_args,) = evaluate.make_parser().parse_args_and_config(flags)
     datasets, fewshot = script_args.load_eval_splits()
     config = script_args.eval_config(fewshot)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
+    model.to(args.device)
     reference = load_eval(args.reference_eval) if args.reference_eval else None
     # A warm-up pass, so one-time costs (allocator, kernels) fall on neither side of the ratio.
     evaluator.evaluate_split(
@@ -91,7 +104,8 @@ def main() -> None:
 
     items = {name: split["num_items"] for name, split in result["splits"].items()}
     print(
-        f"suite {script_args.suite} on {args.model}, {torch.get_num_threads()} threads; items per split: {items}"
+        f"suite {script_args.suite} on {args.model} ({args.dtype}, {model.device}), {torch.get_num_threads()} "
+        f"threads; items per split: {items}"
     )
     print(f"{'metric family':<28}{'seconds':>9}{'share':>8}")
     passes = dict(result["timing"])
