@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from llm_unlearn.data.schema import DataError
@@ -177,9 +178,11 @@ def test_a_killed_run_resumes_without_repeating_finished_work(
 ):
     out = tmp_path / "requests"
     args = forget_args(setup, out, "--subject", "s-d", "--check", PASSING)
-    # A forked process starts without importing torch and transformers again; SIGKILL ends it with no clean-up
-    # and no exit handlers, as a machine that loses the job would.
-    killed = multiprocessing.get_context("fork").Process(target=run_and_kill, args=(moment, args))
+    # A forked process starts without importing torch and transformers again, but cannot use CUDA once this
+    # process has (on a GPU machine): spawn then. SIGKILL ends it with no clean-up and no exit handlers, as a
+    # machine that loses the job would.
+    start = "spawn" if torch.cuda.is_initialized() else "fork"
+    killed = multiprocessing.get_context(start).Process(target=run_and_kill, args=(moment, args))
     killed.start()
     killed.join(timeout=300)
     assert killed.exitcode == -signal.SIGKILL
