@@ -1,4 +1,6 @@
-"""Deletion requests: the lineage and request ledger, and the signed unlearning report a privacy officer reads."""
+"""Deletion requests: the lineage and request ledger, the signed unlearning report a privacy officer reads, and
+(`llm_unlearn.requests.paths`) the two ways `llm-unlearn forget` carries a request out: an approximate recipe or
+an exact SISA deletion."""
 
 from llm_unlearn.requests.ledger import (
     LEDGER_FILE,
