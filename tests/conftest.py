@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -11,6 +14,22 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_processes_env() -> dict[str, str]:
+    """The environment of the CPU worker processes that the torchrun tests start, one thread each."""
+    # CUDA hidden as well: where a GPU is visible, ACCELERATE_USE_CPU alone leaves transformers putting batches on
+    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
+    return {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
 
 
 @pytest.fixture(autouse=True)

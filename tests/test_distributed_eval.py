@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import cpu_processes_env
 
 from llm_unlearn.scripts import evaluate
 
@@ -31,15 +31,7 @@ def free_port() -> int:
 
 def torchrun(script: Path | str, *args: str, cwd: Path) -> None:
     """Run `script` in 2 CPU processes with torchrun, as tests/test_recipes.py does."""
-    # CPU processes even where a GPU is visible: with ACCELERATE_USE_CPU alone, transformers still puts batches on
-    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = cpu_processes_env()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(free_port()), str(script), *args]  # fmt: skip
     subprocess.run(command, check=True, env=env, cwd=cwd)

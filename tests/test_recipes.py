@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cpu_processes_env
 from safetensors.torch import load_file
 
 from llm_unlearn.scripts import finetune, unlearn
@@ -128,15 +128,7 @@ def test_two_processes_match_one_process_at_same_global_batch(tiny_model_dir, qa
         "--method", method, "--learning_rate", "0.05", "--optim", "sgd", "--max_steps", "3",
         "--lr_scheduler_type", "constant",
     ]  # fmt: skip
-    # CPU processes even where a GPU is visible: with ACCELERATE_USE_CPU alone, transformers still puts batches on
-    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = cpu_processes_env()
     script = str(ROOT / "recipes" / "unlearn.py")
     one = tmp_path / "one"
     two = tmp_path / "two"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, cpu_processes_env
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
@@ -306,15 +305,7 @@ def test_two_processes_match_one_process_although_the_forward_stops_early(tiny_m
     ]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    # CPU processes even where a GPU is visible: with ACCELERATE_USE_CPU alone, transformers still puts batches on
-    # cuda:0 while accelerate keeps the model on the CPU, and gloo's barrier asks for cuda:<local rank>.
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = cpu_processes_env()
     script = str(ROOT / "recipes" / "unlearn.py")
 
     def args(out: Path, batch_size: int) -> list[str]:
