@@ -41,7 +41,7 @@ from llm_unlearn.data.schema import DataError
 from llm_unlearn.evaluation import load_eval
 from llm_unlearn.evaluation.gate import GateArguments, format_table, gate, parse_check, results_to_json
 from llm_unlearn.io import write_json_atomic
-from llm_unlearn.manifest import model_version, read_record, sha256_file
+from llm_unlearn.manifest import read_record, sha256_file
 from llm_unlearn.requests.ledger import LEDGER_FILE, Ledger, LedgerError, Request, utc_now
 from llm_unlearn.requests.paths import SisaPath, UnlearningPath, unlearning_path
 from llm_unlearn.requests.report import (
@@ -446,11 +446,6 @@ class RequestRun:
         """Record the new model in the lineage and write the signed unlearning report (json and md) of the
         request's outcome."""
         model = self.outputs["unlearn"]
-        # The new model holds the training data it derives from: all of it after approximate unlearning (which
-        # proves no removal), the rest after a SISA deletion. A later request finds it among the versions that
-        # contained its subjects' data.
-        kept = self.path.data_after(self.data, self.request.subjects)
-        self.ledger.record_training_data(kept, self.args.data_source(), model_version(model), str(model))
         resolved = json.loads(self.outputs["resolve"].read_text())
         target_eval, unlearned_eval = (
             load_eval(self.outputs["evaluate_target"]),
@@ -462,6 +457,15 @@ class RequestRun:
             {"role": "trained on the subjects' data (lineage)", "path": path or "not recorded", "model_version": version}
             for version, path in resolved["model_versions"].items()
         ]  # fmt: skip
+        # The artifacts hash the new model's weights; the lineage takes that version instead of hashing again.
+        artifacts = self.path.artifacts(model, contained)
+        # The new model holds the training data it derives from: all of it after approximate unlearning (which
+        # proves no removal), the rest after a SISA deletion. A later request finds it among the versions that
+        # contained its subjects' data.
+        kept = self.path.data_after(self.data, self.request.subjects)
+        self.ledger.record_training_data(
+            kept, self.args.data_source(), artifacts["new_model"]["model_version"], str(model)
+        )
         compute_s = sum(
             (
                 datetime.fromisoformat(step.finished_at) - datetime.fromisoformat(step.started_at)
@@ -478,7 +482,7 @@ class RequestRun:
                      "status": status, "reason": reason, "received_at": self.request.created_at,
                      "finished_at": finished_at, "ledger": str(self.ledger.path.resolve())},
             removed=resolved["examples"],
-            artifacts=self.path.artifacts(model, contained),
+            artifacts=artifacts,
             method=self.path.method(model),
             comparison=self.path.comparison(model, unlearned_eval, self.args.reference_eval),
             tests=json.loads(self.outputs["gate"].read_text())["checks"],
