@@ -32,6 +32,8 @@ from torch import nn
 from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llm_unlearn import compat
+
 SISA_FILE = "sisa.json"
 SISA_FORMAT = "llm_unlearn.sisa/1"
 SHARDS_DIR = "shards"
@@ -276,8 +278,8 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
     The base is stored once; shard i runs as the base with its LoRA update added in the adapted layers
     (`ShardAdapter`), so the base's modules stay plain transformers modules (which attacks such as
     quantization act on). The model takes the arguments of a transformers causal LM (attention_mask,
-    position_ids, past_key_values, logits_to_keep, labels); caches come back as a `ShardEnsembleCache` holding
-    one cache per shard.
+    position_ids, the cache under either of its names, logits_to_keep, labels); caches come back as a
+    `ShardEnsembleCache` holding one cache per shard.
     """
 
     # The shard models run the base's own attention; the ensemble adds none of its own.
@@ -293,13 +295,13 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
         # The decoder layers are the base's (e.g. for the quantization attack, which looks them up by class).
         self._no_split_modules = base._no_split_modules
 
-    def _shard_caches(self, past_key_values: Cache | None, use_cache: bool) -> list[Cache | None]:
-        if isinstance(past_key_values, ShardEnsembleCache):
-            return past_key_values.shard_caches
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+    def _shard_caches(self, cache: Cache | None, use_cache: bool) -> list[Cache | None]:
+        if isinstance(cache, ShardEnsembleCache):
+            return cache.shard_caches
+        if cache is not None and cache.get_seq_length() > 0:
             raise TypeError(
                 f"a shard ensemble continues from the ShardEnsembleCache it returned, not from a filled "
-                f"{type(past_key_values).__name__}."
+                f"{type(cache).__name__}."
             )
         # An empty cache (what `generate` prepares for a plain model) is replaced by one cache per shard.
         return [DynamicCache(config=self.config) if use_cache else None for _ in self.shards]
@@ -309,6 +311,7 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -317,17 +320,19 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Run every shard model on the inputs and return the log of their mean next-token probabilities as
-        `logits` (float32), with the causal LM loss of those when `labels` are given."""
+        `logits` (float32), with the causal LM loss of those when `labels` are given. The cache comes as
+        `cache` (transformers 5.24 and later) or `past_key_values` (earlier releases)."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        caches = self._shard_caches(past_key_values, use_cache)
+        cache = cache if cache is not None else past_key_values
+        caches = self._shard_caches(cache, use_cache)
         log_sum = None
-        for shard, cache in zip(self.shards, caches, strict=True):
+        for shard, shard_cache in zip(self.shards, caches, strict=True):
             inputs = {
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,
                 "position_ids": position_ids,
-                "past_key_values": cache,
+                **compat.cache_kwargs(self.base, shard_cache),
                 "inputs_embeds": inputs_embeds,
                 "use_cache": use_cache,
                 "logits_to_keep": logits_to_keep,
@@ -349,12 +354,8 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
             )
         ensemble_cache = None
         if use_cache:
-            ensemble_cache = (
-                past_key_values
-                if isinstance(past_key_values, ShardEnsembleCache)
-                else ShardEnsembleCache(caches)
-            )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=ensemble_cache)
+            ensemble_cache = cache if isinstance(cache, ShardEnsembleCache) else ShardEnsembleCache(caches)
+        return compat.causal_lm_output(loss=loss, logits=logits, cache=ensemble_cache)
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
         """Refused: as one checkpoint the ensemble would reload as its base model alone."""

@@ -141,7 +141,7 @@ def test_gpt2_and_a_lora_wrapped_model_score_the_same_way(tokenizer, groups):
 
 
 def test_a_model_without_a_usable_cache_is_scored_answer_by_answer(model, tokenizer, groups, monkeypatch):
-    monkeypatch.setattr(statistics_module, "supports_prompt_cache", lambda model: False)
+    monkeypatch.setattr(statistics_module.compat, "continues_from_cache", lambda model: False)
 
     def no_prefill(*args, **kwargs):
         raise AssertionError("a model without a usable cache must not be prefilled")

@@ -18,7 +18,7 @@ from conftest import build_tiny_llama, sharpen
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
-from llm_unlearn import cli
+from llm_unlearn import cli, compat
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, format_qa
 from llm_unlearn.data.loading import example_fingerprint
 from llm_unlearn.evaluation import EvalConfig, evaluate_splits
@@ -290,8 +290,8 @@ def test_ensemble_logits_are_the_log_mean_of_shard_probabilities(shard_models):
     torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(output.logits.logsumexp(-1), torch.zeros(2, 7), atol=1e-5, rtol=0)
     torch.testing.assert_close(last.logits, expected[:, -2:], atol=1e-5, rtol=1e-5)
-    assert isinstance(output.past_key_values, ShardEnsembleCache) and last.past_key_values is None
-    assert len(output.past_key_values.shard_caches) == 3 and output.past_key_values.get_seq_length() == 7
+    assert isinstance(compat.output_cache(output), ShardEnsembleCache) and compat.output_cache(last) is None
+    assert len(compat.output_cache(output).shard_caches) == 3 and compat.output_cache(output).get_seq_length() == 7
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     loss = ensemble(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     targets = labels[:, 1:]

@@ -11,7 +11,6 @@ what `statistics.score_answer_groups` continues from, so its helpers live here t
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import Cache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_unlearn import compat
 
 # Plain greedy decoding: neutral values for every flag a model's own generation_config.json may set (sampling
 # flags would be ignored with a warning; penalties would silently change the greedy output). The decode loop
@@ -82,26 +83,6 @@ def greedy_generation_config(
     return config
 
 
-def supports_prompt_cache(model: PreTrainedModel) -> bool:
-    """Whether `model` can continue left-padded prompts from their key/value cache: its forward takes
-    `past_key_values` and `position_ids`, transformers gives it a standard dynamic cache, and it keeps no
-    other state (recurrent models and prompt-learning PEFT adapters do)."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None and peft_config.is_prompt_learning:
-        return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    parameters = inspect.signature(base.forward).parameters
-    supports_dynamic_cache = getattr(base, "_supports_default_dynamic_cache", None)
-    return (
-        "past_key_values" in parameters
-        and "position_ids" in parameters
-        and supports_dynamic_cache is not None
-        and supports_dynamic_cache()
-        and not getattr(base, "_is_stateful", False)
-        and not base.config.is_encoder_decoder
-    )
-
-
 def _left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     # Built here rather than by the tokenizer so that the caller's tokenizer (right padding for training) is
     # never touched; the mask comes from the true lengths (the pad token may be the end-of-turn token).
@@ -118,7 +99,7 @@ def _left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str
 class PromptCache:
     """The key/value cache of a batch of left-padded prompts, with what continuing them needs."""
 
-    past_key_values: Cache
+    cache: Cache
     attention_mask: torch.Tensor  # [rows, cached positions], 0 at padding
     next_positions: torch.Tensor  # [rows], the position id of each row's next token (its true length so far)
     last_logits: torch.Tensor  # [rows, vocab], the logits that predict each row's next token
@@ -127,9 +108,7 @@ class PromptCache:
         """Keep the given rows, in that order; an index may repeat (one prompt row becomes one row per answer
         or sample) or be left out (a finished row leaves the batch)."""
         rows = rows.to(self.attention_mask.device)
-        # `reorder_cache` is an index_select over the batch of every layer (keys/values, and the states of
-        # linear-attention layers), which is all a row selection needs.
-        self.past_key_values.reorder_cache(rows)
+        compat.select_cache_rows(self.cache, rows)
         self.attention_mask = self.attention_mask[rows]
         self.next_positions = self.next_positions[rows]
         self.last_logits = self.last_logits[rows.to(self.last_logits.device)]
@@ -146,8 +125,8 @@ class PromptCache:
             input_ids=input_ids,
             attention_mask=self.attention_mask,
             position_ids=self.next_positions.unsqueeze(1) + steps,
-            past_key_values=self.past_key_values,
             use_cache=True,
+            **compat.cache_kwargs(model, self.cache),
         ).logits
         self.next_positions = self.next_positions + attention_mask.sum(dim=1)
         return logits
@@ -162,16 +141,16 @@ def prefill_prompts(
     attention_mask = inputs["attention_mask"]
     # Explicit positions: with left padding each row's first real token is position 0, as without padding.
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in compat.forward_parameters(model) else {}
     output = model(**inputs, position_ids=position_ids, use_cache=True, **kwargs)
-    if not isinstance(output.past_key_values, Cache):
+    cache = compat.output_cache(output)
+    if not isinstance(cache, Cache):
         raise TypeError(
-            f"{type(base).__name__} returned a {type(output.past_key_values).__name__} as its cache; "
+            f"{type(compat.unwrap_peft(model)).__name__} returned a {type(cache).__name__} as its cache; "
             "continuing prompts from their cache needs a transformers `Cache`."
         )
     return PromptCache(
-        past_key_values=output.past_key_values,
+        cache=cache,
         attention_mask=attention_mask,
         next_positions=attention_mask.sum(dim=1),
         last_logits=output.logits[:, -1],
@@ -295,10 +274,10 @@ def _complete(
     """`num_samples` completions of each prompt, in input order: each batch prefills its prompts once,
     repeats every prompt's cache row once per sample, and decodes with the chooser made for its (prompt,
     sample) rows."""
-    if not supports_prompt_cache(model):
+    if not compat.continues_from_cache(model):
         raise ValueError(
-            f"{type(model).__name__} cannot continue prompts from a key/value cache (its forward needs "
-            "`past_key_values` and `position_ids`, and no recurrent state), which decoding here relies on."
+            f"{type(model).__name__} cannot continue prompts from a key/value cache (its forward needs a "
+            "cache argument and `position_ids`, and no recurrent state), which decoding here relies on."
         )
     pad_token_id = _pad_token_id(tokenizer)
     eos_token_ids = _eos_token_ids(model, tokenizer)

@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from llm_unlearn import compat
 from llm_unlearn.data.formatting import IGNORE_INDEX, PaddingCollator
-from llm_unlearn.evaluation.generation import batches_of_rows, prefill_prompts, supports_prompt_cache
+from llm_unlearn.evaluation.generation import batches_of_rows, prefill_prompts
 
 
 @dataclass
@@ -293,14 +294,14 @@ def score_answer_groups(
     `distribution_stats=True` adds Min-K%++'s `position_mean` / `position_std` (REFERENCE.md section 3) to
     the FIRST answer of each group only (the item's own answer; the others, paraphrased or perturbed, only
     need log-probs); the other answers have None there. A model that cannot continue from a cache
-    (`generation.supports_prompt_cache`) is scored with every answer as its own sequence instead: the same
+    (`compat.continues_from_cache`) is scored with every answer as its own sequence instead: the same
     numbers, slower. "The same" holds in float32 (log-probs within 1e-4); in bfloat16 the cached and the
     whole-sequence forward round differently, and an answer's summed log-prob can differ by a few tenths of a
     nat (0.35 at most in benchmarks/eval_passes.py on an H100), so compare bf16 evals only with bf16 evals."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     _check_groups(groups)
-    if not supports_prompt_cache(model):
+    if not compat.continues_from_cache(model):
         return _score_as_sequences(
             model,
             groups,
