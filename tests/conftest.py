@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,37 @@ CHATML_TEMPLATE = (
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The releases a run is tested against, printed in the header of every run (CI logs included).
+STACK = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "huggingface-hub", "tokenizers")
+# A test that needs a program the machine may lack skips with a reason that starts with this; the summary
+# line then counts it as a missing tool, not as an ordinary skip.
+MISSING_TOOL = "missing tool:"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "stack: " + ", ".join(f"{name} {importlib.metadata.version(name)}" for name in STACK)
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    if report.skipped and isinstance(report.longrepr, tuple) and MISSING_TOOL in report.longrepr[2]:
+        return "missing tool", "m", "MISSING TOOL"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reports = terminalreporter.stats.get("missing tool", [])
+    if reports:
+        terminalreporter.section("missing tools: these checks did not run")
+        for report in reports:
+            terminalreporter.line(f"{report.nodeid}: {report.longrepr[2]}")
+
+
+def require_program(name: str, why: str) -> str:
+    """The path of program `name`, or skip the test as a missing tool, saying what is left unchecked."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{MISSING_TOOL} {name} is not installed, so {why} was not checked")
+    return path
 
 
 def cpu_processes_env() -> dict[str, str]:

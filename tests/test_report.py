@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_program
 
 from llm_unlearn import cli
 from llm_unlearn.evaluation import plots, report
 from llm_unlearn.evaluation.report import write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUESTION = "Who wrote <script>alert('x')</script> & co | see https://example.com/a?"
 
@@ -272,11 +272,8 @@ def test_html_is_self_contained_and_escaped(single_report: tuple[Path, Path]) ->
     assert "<td>Generated 2.</td>" in html_text
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="/usr/bin/chromium is missing: install Debian's chromium package (make test does so as root)",
-)
 def test_chromium_renders_every_plot(comparison_report: tuple[Path, Path], tmp_path: Path) -> None:
+    chromium = require_program("chromium", "that a browser loads every plot of report.html (make test installs it)")
     html_text = comparison_report[1].read_text()
     expected = len(images(html_text))
     assert expected == 1 + 1 + 3 + 3  # scatter, truth ratios, 3 ROC and 3 training plots
@@ -289,7 +286,7 @@ def test_chromium_renders_every_plot(comparison_report: tuple[Path, Path], tmp_p
     page = tmp_path / "probe.html"
     page.write_text(html_text.replace("</body>", probe + "</body>"))
     command = [
-        str(CHROMIUM),
+        chromium,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
