@@ -11,6 +11,7 @@ field `past_key_values` is gone). Everything here works with both names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any
 
@@ -33,9 +34,16 @@ def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def forward_parameters(model: torch.nn.Module) -> set[str]:
-    """Names of the keyword arguments the forward of `model` (under a PEFT wrapper, its base) declares."""
-    return set(inspect.signature(unwrap_peft(model).forward).parameters)
+def forward_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """Names of the arguments the forward of `model` (under a PEFT wrapper, its base) declares."""
+    return _declared_parameters(type(unwrap_peft(model)))
+
+
+@functools.cache
+def _declared_parameters(cls: type) -> frozenset[str]:
+    # Read off the class, once: decoding asks for every step, and hooks that wrap an instance's forward
+    # (accelerate's device placement) hide its arguments behind *args, **kwargs.
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def cache_argument(model: torch.nn.Module) -> str | None:
@@ -55,11 +63,9 @@ def cache_kwargs(model: torch.nn.Module, cache: Cache | None) -> dict[str, Any]:
 
 def output_cache(output: Any) -> Cache | None:
     """The key/value cache a forward returned (`output.cache`, or `output.past_key_values` before 5.24)."""
-    for name in CACHE_NAMES:
-        value = getattr(output, name, None)
-        if value is not None:
-            return value
-    return None
+    # The keys the output holds, not `name in output`: 5.24 still answers to the old name, with a warning.
+    held = output.keys()
+    return next((output[name] for name in CACHE_NAMES if name in held), None)
 
 
 def causal_lm_output(
