@@ -13,6 +13,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import send_to_device
 from datasets import Dataset
 from peft import PeftModel
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from llm_unlearn.data.formatting import VIEW_SEPARATOR, view_column
 from llm_unlearn.methods import UnlearnStep, get_method
@@ -179,6 +181,33 @@ def reference_model(model: torch.nn.Module, frozen: torch.nn.Module | None) -> I
                 yield model
 
 
+class SafeguardStopCallback(TrainerCallback):
+    """Stops training once `trainer.safeguard_stop` is set: `control.should_training_stop` is the documented way
+    to end a run, and callbacks are where Trainer expects it to be set."""
+
+    def __init__(self, trainer: UnlearnTrainer) -> None:
+        self.trainer = trainer
+
+    def _stop_if_tripped(self, control: TrainerControl) -> TrainerControl:
+        if self.trainer.safeguard_stop is not None:
+            control.should_training_stop = True
+        return control
+
+    def on_substep_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        # A micro-step short of the optimizer step (gradient accumulation): stop here, before the remaining
+        # micro-steps accumulate and the optimizer applies a partial gradient.
+        return self._stop_if_tripped(control)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        # After the optimizer step, before logging and saving (a non-finite step's gradients were dropped, so
+        # that optimizer step changed nothing).
+        return self._stop_if_tripped(control)
+
+
 class UnlearnTrainer(Trainer):
     """Trainer for unlearning: `train_dataset` is the tokenized forget set, `retain_dataset` the retain set."""
 
@@ -216,6 +245,7 @@ class UnlearnTrainer(Trainer):
         self._component_logs: dict[str, list[float]] = defaultdict(list)
         self._step_retain_loss: float | None = None
         self.safeguard_stop: dict[str, Any] | None = None
+        self.add_callback(SafeguardStopCallback(self))
 
     def _with_reference_logprobs(self, dataset: Dataset) -> Dataset:
         """Add `<view>__ref_seq_logprob` columns: the reference model's sequence log-prob of each forget
@@ -230,7 +260,7 @@ class UnlearnTrainer(Trainer):
         with reference_model(model, frozen) as reference:
             for start in range(0, len(dataset), batch_size):
                 rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                batch = self._prepare_inputs(self.data_collator(rows))
+                batch = self._to_device(self.data_collator(rows))
                 for view in values:
                     inputs = {
                         name: batch[view_column(view, name)]
@@ -253,7 +283,13 @@ class UnlearnTrainer(Trainer):
         positions = retain_positions(self._retain_cursor, self.args.world_size, self.args.process_index, size)
         self._retain_cursor += 1
         rows = [self.retain_dataset[self._retain_stream[position]] for position in positions]
-        return self._prepare_inputs(self.data_collator(rows))
+        return self._to_device(self.data_collator(rows))
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # To the device Trainer puts the forget batch on, with dtypes kept. Trainer's private `_prepare_inputs` would
+        # also cast float tensors to DeepSpeed's dtype under DeepSpeed; our only float columns, the cached reference
+        # log-probs, are more accurate in float32, and the methods cast them where they use them.
+        return send_to_device(batch, self.args.device)
 
     def compute_loss(
         self,
@@ -297,8 +333,8 @@ class UnlearnTrainer(Trainer):
             if retain.item() > self.args.retain_loss_limit:
                 reason = f"retain loss {retain.item():.4g} exceeded retain_loss_limit {self.args.retain_loss_limit}"
         if reason is not None:
+            # SafeguardStopCallback ends the run at the end of this micro-step.
             self.safeguard_stop = {"reason": reason, "step": self.state.global_step}
-            self.control.should_training_stop = True
             logger.warning(
                 "Stopping unlearning at step %d: %s. The saved model is the one before this step.",
                 self.state.global_step,
@@ -309,9 +345,12 @@ class UnlearnTrainer(Trainer):
     def _gradients_finite(self, loss: torch.Tensor) -> bool:
         # Gradients are already averaged across ranks here, so every rank reaches the same verdict.
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norms = torch._foreach_norm(grads) if grads else []
+        # The largest |entry| over all gradients: NaN or inf exactly when some entry is. The max-norm, unlike the
+        # 2-norm, cannot overflow to inf on large but finite gradients.
         total = (
-            torch.stack([n.float() for n in norms]).sum() if norms else torch.zeros((), device=loss.device)
+            torch.nn.utils.get_total_norm(grads, norm_type=math.inf, error_if_nonfinite=False).to(loss.device)
+            if grads
+            else torch.zeros((), device=loss.device)
         )
         finite = torch.isfinite(total) & torch.isfinite(loss.detach().float())
         return self.accelerator.reduce(finite.float(), "sum").item() == self.accelerator.num_processes

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from accelerate import DistributedType
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -183,6 +185,36 @@ def test_settings_errors_name_what_is_missing(tiny_model, tiny_tokenizer, tmp_pa
         UnlearnConfig(output_dir=str(tmp_path), eval_every_steps=2, eval_config="nope.yaml")
     with pytest.raises(ValueError, match=r"take effect with eval_every_steps"):
         UnlearnConfig(output_dir=str(tmp_path), best_metric="forget_quality")
+
+
+def fake_accelerator(distributed_type: DistributedType, zero_stage: int | None = None) -> SimpleNamespace:
+    plugin = None if zero_stage is None else SimpleNamespace(zero_stage=zero_stage)
+    return SimpleNamespace(distributed_type=distributed_type, state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+@pytest.mark.parametrize(
+    ("distributed_type", "zero_stage", "sharded"),
+    [
+        (DistributedType.NO, None, False),
+        (DistributedType.MULTI_GPU, None, False),
+        (DistributedType.DEEPSPEED, 2, False),
+        (DistributedType.DEEPSPEED, 3, True),
+        (DistributedType.FSDP, None, True),
+    ],
+)
+def test_sharded_training_is_refused_and_data_parallel_training_is_not(
+    monkeypatch, tiny_model, tiny_tokenizer, tmp_path, distributed_type, zero_stage, sharded
+):
+    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path / "out")
+    assert not callback_module.is_sharded(trainer.accelerator)  # this process: no distributed training
+    monkeypatch.setattr(trainer, "accelerator", fake_accelerator(distributed_type, zero_stage))
+    assert callback_module.is_sharded(trainer.accelerator) is sharded
+    splits, config = {"forget": Dataset.from_list(QA)}, EvalConfig(metrics=("probability",))
+    if sharded:
+        with pytest.raises(ValueError, match=r"does not support FSDP or DeepSpeed ZeRO-3; use DDP or ZeRO-2"):
+            UnlearningEvalCallback(trainer, splits, config, eval_every_steps=2)
+    else:
+        UnlearningEvalCallback(trainer, splits, config, eval_every_steps=2)
 
 
 def test_real_evaluation_leaves_train_mode_and_gradients_untouched(tiny_model, tiny_tokenizer, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
+from transformers import TrainerCallback
 
 from llm_unlearn.data.formatting import PaddingCollator, encode_qa
 from llm_unlearn.methods import METHODS, register_method
@@ -137,3 +138,79 @@ def test_lora_adapters_get_gradients_under_reentrant_checkpointing(tiny_model_di
     model(**batch).loss.backward()
     lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+
+
+@pytest.fixture
+def nan_at_call():
+    """Registers, for one test, a method (forget NLL ascent) whose loss turns NaN on call `nan_call`; returns its
+    name and the list its calls are appended to."""
+    names = []
+
+    def register(nan_call: int) -> tuple[str, list[int]]:
+        calls: list[int] = []
+
+        def loss(step, config):
+            calls.append(1)
+            nll = sequence_nll(step.logits("forget"), step.labels("forget")).mean()
+            return (-nll if len(calls) != nan_call else nll * float("nan")), {"forget_nll": nll.item()}
+
+        name = f"test_nan_at_call_{nan_call}"
+        register_method(name, GradAscentConfig)(loss)
+        names.append(name)
+        return name, calls
+
+    yield register
+    for name in names:
+        del METHODS[name]
+
+
+class WeightsAfterEachStep(TrainerCallback):
+    """The model's weights after each optimizer step, by global step."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.after[state.global_step] = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("nan_call", "last_step"),
+    [
+        (3, 1),  # the first micro-step of step 2: stop at once, before any later micro-step or optimizer step
+        (4, 2),  # its last micro-step: the optimizer step runs on dropped gradients, changing nothing
+    ],
+)
+def test_a_nonfinite_micro_step_under_gradient_accumulation_applies_no_partial_update(
+    tiny_model, tiny_tokenizer, tmp_path, nan_at_call, nan_call, last_step
+):
+    method, calls = nan_at_call(nan_call)
+    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path, method=method, gradient_accumulation_steps=2)
+    trainer.args.max_steps = 5
+    weights = WeightsAfterEachStep(tiny_model)
+    trainer.add_callback(weights)
+    trainer.train()
+    assert len(calls) == nan_call  # no micro-step ran after the NaN one
+    assert trainer.state.global_step == last_step
+    assert trainer.safeguard_stop["reason"].startswith("non-finite")
+    assert trainer.safeguard_report()["stopped"]["step"] == 1
+    # The weights are those after step 1, the last good one.
+    assert all(torch.equal(weights.after[1][k], v) for k, v in tiny_model.state_dict().items())
+
+
+def test_the_gradient_check_catches_nan_and_inf_but_not_large_finite_gradients(
+    tiny_model, tiny_tokenizer, tmp_path
+):
+    trainer = make_trainer(tiny_model, tiny_tokenizer, tmp_path, method="graddiff")
+    params = list(trainer.model.parameters())
+    loss = torch.tensor(1.0)
+    assert trainer._gradients_finite(loss)  # no gradients at all
+    for value, finite in ((0.0, True), (1e30, True), (float("nan"), False), (float("inf"), False)):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        params[1].grad.view(-1)[0] = value  # 1e30: finite, though its square overflows float32
+        assert trainer._gradients_finite(loss) is finite, value
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    assert not trainer._gradients_finite(torch.tensor(float("nan")))

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator, DistributedType
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -34,6 +35,17 @@ logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LOG_PREFIX = "eval/"
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether `accelerator` shards the model's parameters across processes: FSDP, or DeepSpeed ZeRO stage 3."""
+    # accelerate's documented state, rather than Trainer's undocumented is_fsdp_enabled / is_deepspeed_enabled.
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return (
+        accelerator.distributed_type == DistributedType.DEEPSPEED
+        and accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
 
 
 def log_numbers(result: Mapping[str, Any], values: EvalValues) -> dict[str, float]:
@@ -86,10 +98,7 @@ class UnlearningEvalCallback(TrainerCallback):
                 "(forget_quality, model_utility, retain/probability), false when lower is better "
                 "(forget/probability, forget/rouge_l_recall)."
             )
-        sharded = trainer.is_fsdp_enabled or (
-            trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-        )
-        if sharded:
+        if is_sharded(trainer.accelerator):
             raise ValueError(
                 "the eval during unlearning runs the whole model on each process and does not support FSDP or "
                 "DeepSpeed ZeRO-3; use DDP or ZeRO-2, or evaluate the saved model with eval/run.py."

@@ -13,7 +13,8 @@ from torch import nn
 
 # Wrappers that gather and release sharded weights in hooks around the whole forward pass: aborting their forward
 # would leave that state broken, so under them the forward runs to the end. Matched by class name so that neither
-# DeepSpeed nor a particular torch version's FSDP module path has to be importable.
+# DeepSpeed nor a particular torch version's FSDP module path has to be importable. The names are checked against
+# the installed torch (and deepspeed, where installed) by tests/test_compat_training.py.
 _RUN_TO_END_WRAPPERS = frozenset({"FullyShardedDataParallel", "FSDPModule", "DeepSpeedEngine"})
 
 
@@ -62,7 +63,8 @@ def capture_layer_output(model: nn.Module, layer_path: str, inputs: dict[str, to
         model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
     except _StopForward:
         if isinstance(model, nn.parallel.DistributedDataParallel):
-            # DDP arms its gradient all-reduce at the end of its forward, which the early stop skipped.
+            # DDP arms its gradient all-reduce at the end of its forward, which the early stop skipped. No public
+            # API does this; tests/test_compat_training.py checks that _post_forward(output) still exists.
             return model._post_forward(captured[0])
     finally:
         handle.remove()

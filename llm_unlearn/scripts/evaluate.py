@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 from trl import TrlParser
 
@@ -235,8 +235,10 @@ def main(script_args: EvalScriptArguments) -> Path:
     """Evaluate and write `output_dir/eval.json` (and the report); returns its path. Under `accelerate launch`
     every process evaluates a share of the items and the main process writes."""
     # PartialState, unlike the Trainer's arguments, does not read ACCELERATE_USE_CPU itself: without it a CPU
-    # run under torchrun would see one process and let every rank write.
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # run under torchrun would see one process and let every rank write. The true values are those accelerate
+    # accepts for its env flags (accelerate.utils.str_to_bool).
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("y", "yes", "t", "true", "on", "1")
+    state = PartialState(cpu=use_cpu)
     path = Path(script_args.output_dir) / "eval.json"
     if path.exists() and not script_args.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import transformers
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -220,6 +221,16 @@ def _training_args_record(training_args: TrainingArguments) -> dict[str, Any]:
 
 def _rebuild_training_args(recorded: Mapping[str, Any]) -> TrainingArguments:
     names = {item.name for item in dataclasses.fields(TrainingArguments) if item.init}
+    # A field the running transformers no longer has (renamed or removed since sisa.json was written) cannot be
+    # passed on, and the retrained shard may then train differently from the shards kept: say which.
+    dropped = sorted(key for key in recorded if key not in names)
+    if dropped:
+        logger.warning(
+            "sisa.json records training arguments that TrainingArguments of transformers %s does not have, so "
+            "the retrained shards run without them: %s.",
+            transformers.__version__,
+            ", ".join(dropped),
+        )
     return TrainingArguments(**{key: value for key, value in recorded.items() if key in names})
 
 
