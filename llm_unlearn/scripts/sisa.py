@@ -41,7 +41,14 @@ from llm_unlearn.io import atomic_directory, write_json_atomic
 from llm_unlearn.manifest import artifact_manifest
 from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
 from llm_unlearn.requests.report import EXACT_GUARANTEE
-from llm_unlearn.run_record import describe_data, jsonable, library_versions, prepare_output, run_inputs
+from llm_unlearn.run_record import (
+    describe_data,
+    input_revisions,
+    jsonable,
+    library_versions,
+    prepare_output,
+    run_inputs,
+)
 from llm_unlearn.sisa import (
     SISA_FILE,
     SISA_FORMAT,
@@ -295,6 +302,9 @@ def train_sisa(
         # from the first slice starts from this initial adapter, saved as `init`).
         set_seed(seed + index)
         model = get_peft_model(base, copy.deepcopy(peft_config))
+        # Shard adapters name the base as sisa.json records it, not as PEFT copies it off the model.
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_model
         model.save_pretrained(str(directory / checkpoint_name(-1)))
         costs = train_shard(model, tokenizer, tokenized, shard_slices, 0, directory, stage_args)
         base = model.unload()
@@ -345,9 +355,9 @@ def train_sisa(
         "versions": library_versions(),
         # What the run read, and every file it wrote (checkpoints, sisa.json, tokenizer) by content hash.
         "artifacts": artifact_manifest(
-            run_inputs(model_args.model_name_or_path, script_args),
+            inputs := run_inputs(model_args.model_name_or_path, script_args),
             staging,
-            revisions={model_args.model_name_or_path: getattr(base.config, "_commit_hash", None)},
+            revisions=input_revisions(inputs, model_args.model_name_or_path, model_args.model_revision),
         ),
     }
     write_json_atomic(jsonable(run), staging / "run.json")

@@ -6,6 +6,7 @@ forgotten knowledge was kept at full precision, about 83% after 4-bit quantizati
 from __future__ import annotations
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 from llm_unlearn.evaluation.attacks.base import (
@@ -16,6 +17,7 @@ from llm_unlearn.evaluation.attacks.base import (
     retain_remeasure,
     whole_split,
 )
+from llm_unlearn.methods.layers import decoder_layers
 
 
 def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
@@ -46,15 +48,14 @@ def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None = None)
 
 
 def decoder_linear_weights(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
-    """The weight of every `torch.nn.Linear` inside the model's decoder layers (the classes transformers lists in
-    `_no_split_modules`), by parameter name."""
-    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    """The weight of every `torch.nn.Linear` inside the model's decoder layers (`decoder_layers`: the blocks
+    the config counts), by parameter name."""
+    layers_path, layers = decoder_layers(model)
     weights: dict[str, torch.nn.Parameter] = {}
-    for layer_name, layer in model.named_modules():
-        if type(layer).__name__ not in layer_classes:
-            continue
+    for index, layer in enumerate(layers):
+        layer_name = f"{layers_path}.{index}"
         for name, module in layer.named_modules():
-            if hasattr(module, "base_layer"):
+            if isinstance(module, BaseTunerLayer):
                 raise ValueError(
                     f"{layer_name}.{name} is a PEFT adapter layer; quantize the merged model "
                     "(PeftModel.merge_and_unload()), as a quantized checkpoint would hold it."
@@ -63,8 +64,8 @@ def decoder_linear_weights(model: PreTrainedModel) -> dict[str, torch.nn.Paramet
                 weights[f"{layer_name}.{name}.weight"] = module.weight
     if not weights:
         raise ValueError(
-            f"found no linear layer inside decoder layers of {type(model).__name__} (decoder layer classes "
-            f"from _no_split_modules: {sorted(layer_classes)}); the quantization attack cannot run on it."
+            f"found no linear layer inside the decoder layers of {type(model).__name__} ({layers_path}); the "
+            "quantization attack cannot run on it."
         )
     return weights
 
