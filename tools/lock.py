@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MINIMUM_PYTHON = "3.10"
+MINIMUM_PYTHON = "3.11"
 LEFT_OUT = {"torch"}
 HEADER = """\
 # The tested set: the exact versions that `make demo`, `make test` and `.ci/run` install, as pip constraints
@@ -74,7 +74,7 @@ def drop_exclusive_dependencies(
 def compile_lock() -> str:
     """Resolve pyproject.toml (with the dev extra) with uv and return the lock file's text."""
     command = [
-        "uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", "dev", "--universal",
+        sys.executable, "-m", "uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", "dev", "--universal",
         "--python-version", MINIMUM_PYTHON, "--no-header", "--quiet",
         *(argument for name in sorted(LEFT_OUT) for argument in ("--no-emit-package", name)),
     ]  # fmt: skip

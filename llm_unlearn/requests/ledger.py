@@ -16,7 +16,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ class StepRecord:
 
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with microseconds (ordered as text, as it is as time)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def request_id_for(subjects: Sequence[str], key: str = "") -> str:
