@@ -1,24 +1,19 @@
-"""The two evaluation passes that dominate a TOFU-style suite, old way against new way, in one run:
+"""Truth-ratio scoring, the evaluation pass that dominates a TOFU-style suite, old way against new way, in one
+run: each item's paraphrased and perturbed answers scored each as its own padded sequence
+(`compute_item_statistics`) against the answers of an item continuing one cached prompt (`score_answer_groups`).
+Generation, the other heavy pass, is measured in benchmarks/decoding.py.
 
-(a) truth-ratio scoring of every item's paraphrased and perturbed answers: each answer as its own padded
-    sequence (`compute_item_statistics`) against the answers of an item continuing one cached prompt
-    (`score_answer_groups`);
-(b) greedy generation: `model.generate` on length-sorted, left-padded batches (a batch runs until its longest
-    row stops) against `generate_greedy`'s own decode loop (finished rows leave the batch), at 200 new tokens
-    (TOFU) and at 40.
+    python benchmarks/eval_passes.py [--model embedded] [--num_people 6] [--threads 1] [--device cuda]
+        [--dtype bfloat16]
 
-    python benchmarks/eval_passes.py [--model embedded] [--num_people 6] [--num_prompts 32] [--threads 1]
-        [--device cuda] [--dtype bfloat16]
-
-Each pair prints both times, their ratio, and whether the results agree (log-probabilities within 1e-4 and the
-same argmax hits; identical generated texts). Ratios are taken within one run; absolute seconds depend on the
-machine and on what else runs on it.
+It prints both times, their ratio, and whether the results agree (log-probabilities within 1e-4 and the same
+argmax hits). The ratio is taken within one run; absolute seconds depend on the machine and on what else runs on
+it.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +22,6 @@ import numpy as np
 import torch
 
 from llm_unlearn.data.formatting import IGNORE_INDEX, format_qa
-from llm_unlearn.evaluation.generation import generate_greedy, greedy_generation_config
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 
 
@@ -65,40 +59,13 @@ def answer_groups(tokenizer, rows) -> tuple[list[dict[str, list[int]]], list[Ans
     return sequences, groups
 
 
-def generate_with_model_generate(
-    model, tokenizer, prompts, *, max_new_tokens: int, batch_size: int
-) -> list[str]:
-    """Greedy completions the way `generate_greedy` made them before its own decode loop."""
-    config = greedy_generation_config(model, tokenizer, max_new_tokens=max_new_tokens)
-    left_padding = copy.deepcopy(tokenizer)
-    left_padding.padding_side = "left"
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
-    completions: dict[int, str] = {}
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            inputs = left_padding(
-                [prompts[i] for i in batch], add_special_tokens=False, padding=True, return_tensors="pt"
-            ).to(model.device)
-            config.max_length = inputs["input_ids"].shape[1] + max_new_tokens
-            output = model.generate(**inputs, generation_config=config)
-            texts = tokenizer.batch_decode(
-                output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            completions.update({index: text.strip() for index, text in zip(batch, texts, strict=True)})
-    return [completions[index] for index in range(len(prompts))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="`embedded`, a local directory or a Hub id.")
     parser.add_argument(
         "--num_people", type=int, default=6, help="Invented people (8 questions each) to score."
     )
-    parser.add_argument("--num_prompts", type=int, default=32, help="Questions to generate answers for.")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, nargs="+", default=[200, 40])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--device", default="cpu", help="Where the model runs: cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="float32", help="Weights' dtype: float32, bfloat16 or float16.")
@@ -136,30 +103,13 @@ def main() -> None:
     tokens_separate = sum(len(item["input_ids"]) for item in sequences)
     tokens_grouped = sum(len(g.prompt_ids) + sum(len(a) for a in g.answer_ids) for g in groups)
     print(
-        f"\n(a) truth-ratio scoring: {len(groups)} items x {len(groups[0].answer_ids)} answers "
+        f"\nTruth-ratio scoring: {len(groups)} items x {len(groups[0].answer_ids)} answers "
         f"({tokens_separate} tokens as separate sequences, {tokens_grouped} grouped)"
     )
     print(f"  separate sequences (compute_item_statistics) {separate_s:8.1f} s")
     print(f"  answer groups (score_answer_groups)          {grouped_s:8.1f} s")
     print(f"  speed-up {separate_s / grouped_s:.2f}x; max |logprob difference| {logprob_diff:.2e}; ", end="")
     print(f"same argmax hits: {same_hits}")
-
-    prompts = [format_qa(tokenizer, row["question"])[0] for row in rows[: args.num_prompts]]
-    print(f"\n(b) greedy generation: {len(prompts)} prompts")
-    for max_new_tokens in args.max_new_tokens:
-        settings = {"max_new_tokens": max_new_tokens, "batch_size": args.batch_size}
-        reference, reference_s = timed(generate_with_model_generate, model, tokenizer, prompts, **settings)
-        ours, ours_s = timed(generate_greedy, model, tokenizer, prompts, **settings)
-        lengths = [len(ids) for ids in tokenizer(ours, add_special_tokens=False)["input_ids"]]
-        identical = sum(a == b for a, b in zip(reference, ours, strict=True))
-        print(
-            f"  max_new_tokens={max_new_tokens}: completions of {min(lengths)} to {max(lengths)} tokens ",
-            end="",
-        )
-        print(f"(median {int(np.median(lengths))})")
-        print(f"    model.generate       {reference_s:8.1f} s")
-        print(f"    generate_greedy      {ours_s:8.1f} s")
-        print(f"    speed-up {reference_s / ours_s:.2f}x; identical outputs: {identical}/{len(prompts)}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from llm_unlearn import compat
 # Plain greedy decoding: neutral values for every flag a model's own generation_config.json may set (sampling
 # flags would be ignored with a warning; penalties would silently change the greedy output). The decode loop
 # below is plain greedy by construction; this config gives `model.generate` the same behaviour (the reference
-# that the tests and benchmarks/eval_passes.py compare against).
+# that the tests and benchmarks/decoding.py compare against).
 _GREEDY = {
     "do_sample": False,
     "num_beams": 1,
@@ -207,17 +207,22 @@ class _NucleusSampler:
             [torch.rand(1, generator=self.generators[row], dtype=torch.float64) for row in rows.tolist()]
         ).to(logits.device)
         probs = torch.softmax(logits / self.temperature, dim=-1)
-        # Stable: among equal probabilities the lowest token id comes first, as in argmax.
-        sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
-        # The nucleus is the smallest set of most likely tokens whose mass reaches top_p: a token stays if the
-        # mass before it is still below top_p (so the most likely token always stays).
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        kept = sorted_probs.masked_fill(mass_before >= self.top_p, 0.0).double()
+        if self.top_p >= 1:
+            # The whole distribution: no sort needed (over a large vocabulary it costs more than the model's
+            # step on a CPU); the inverse transform below then runs over the tokens in id order.
+            kept, token_ids = probs.double(), None
+        else:
+            # Stable: among equal probabilities the lowest token id comes first, as in argmax.
+            sorted_probs, token_ids = probs.sort(dim=-1, descending=True, stable=True)
+            # The nucleus is the smallest set of most likely tokens whose mass reaches top_p: a token stays if
+            # the mass before it is still below top_p (so the most likely token always stays).
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+            kept = sorted_probs.masked_fill(mass_before >= self.top_p, 0.0).double()
         # Inverse transform sampling: the first token whose cumulative kept mass exceeds u * (kept mass).
         cumulative = kept.cumsum(dim=-1)
         targets = (uniforms * cumulative[:, -1]).unsqueeze(-1)
         picked = torch.searchsorted(cumulative, targets, right=True).clamp(max=kept.shape[-1] - 1)
-        return sorted_ids.gather(-1, picked).squeeze(-1)
+        return (picked if token_ids is None else token_ids.gather(-1, picked)).squeeze(-1)
 
 
 def _decode(
