@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from llm_unlearn.resources import config_path
+
 # Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
 # loading transformers and trl takes seconds.
 COMMANDS = {
@@ -28,6 +30,26 @@ COMMANDS = {
     "push": ("llm_unlearn.scripts.push", "Publish a run's model (or adapter), card and reports on the Hub."),
     "forget": ("llm_unlearn.scripts.forget", "Process deletion requests; resumable, recorded in a ledger."),
 }
+
+
+PACKAGED_NOTE = (
+    "A relative path to a .yaml under configs/ or eval/ that does not exist in the current directory is read "
+    "from the copy packaged with llm_unlearn: `--config configs/builtin/graddiff_lora.yaml` or "
+    "`--config eval/builtin.yaml` work from any directory."
+)
+
+
+def with_packaged_configs(args: list[str]) -> list[str]:
+    """`args` with each missing configs/...yaml or eval/...yaml path (also in `--flag=PATH`) replaced by the
+    packaged file of the same relative path (`llm_unlearn.resources.config_path`)."""
+    replaced = []
+    for arg in args:
+        if arg.startswith("-"):
+            flag, equals, value = arg.partition("=")
+            replaced.append(flag + equals + config_path(value) if equals else arg)
+        else:
+            replaced.append(config_path(arg))
+    return replaced
 
 
 class OptionalPositional(argparse.Action):
@@ -54,7 +76,7 @@ class OptionalPositional(argparse.Action):
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; each subcommand parses its own arguments (and `--config file.yaml`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="llm-unlearn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="llm-unlearn", description=__doc__, epilog=PACKAGED_NOTE)
     parser.add_argument(
         "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
     )
@@ -67,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     module = importlib.import_module(COMMANDS[command][0])
     recipe_parser = module.make_parser(prog=f"llm-unlearn {command}")
-    result = module.main(*recipe_parser.parse_args_and_config(argv[1:]))
+    result = module.main(*recipe_parser.parse_args_and_config(with_packaged_configs(argv[1:])))
     # `gate` returns its exit code; the recipes return paths or nothing, which means success.
     return result if isinstance(result, int) else 0
 

@@ -3,7 +3,8 @@
 suite (eval/builtin.yaml), print a table and write a comparison report.
 
 Each phase is a recipe run from the YAML configs in `configs/builtin/`, so the demo is exactly what a user gets
-from `accelerate launch recipes/... --config configs/builtin/...`.
+from `accelerate launch recipes/... --config configs/builtin/...`. The configs and the suite are the copies
+packaged with llm_unlearn (`llm_unlearn.resources`), so the demo runs from any directory.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from llm_unlearn.evaluation.report import write_report
 from llm_unlearn.io import check_output_dir, write_json_atomic
 from llm_unlearn.methods import METHODS, get_method
 from llm_unlearn.models import EMBEDDED, embedded_checkpoint
+from llm_unlearn.resources import packaged_path
 from llm_unlearn.scripts import evaluate, finetune, unlearn
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "builtin"
-REPO_SUITE = Path(__file__).resolve().parents[1] / "eval" / "builtin.yaml"
+PACKAGED_CONFIGS = packaged_path("configs/builtin")
+PACKAGED_SUITE = packaged_path("eval/builtin.yaml")
 MODES = ("lora", "full")
 # The unlearned model passes when it keeps at most half the target's forget probability and stays within
 # 20% of the target's retain probability.
@@ -65,9 +67,16 @@ class DemoArguments:
     output_dir: str = field(
         default="outputs/demo", metadata={"help": "Where models, evals and demo.json go."}
     )
-    configs_dir: str = field(default=str(REPO_CONFIGS), metadata={"help": "Directory of the recipe configs."})
+    configs_dir: str = field(
+        default=str(PACKAGED_CONFIGS),
+        metadata={"help": "Directory of the recipe configs; by default the packaged configs/builtin."},
+    )
     eval_suite: str = field(
-        default=str(REPO_SUITE), metadata={"help": "The eval suite every model is scored with."}
+        default=str(PACKAGED_SUITE),
+        metadata={
+            "help": "The eval suite every model is scored with; by default the packaged eval/builtin.yaml. A "
+            "relative configs/...yaml or eval/...yaml missing from the current directory is read from the package."
+        },
     )
     finetune_epochs: float | None = field(default=None, metadata={"help": "Override fine-tuning epochs."})
     unlearn_epochs: float | None = field(default=None, metadata={"help": "Override unlearning epochs."})
@@ -90,7 +99,8 @@ class DemoArguments:
         path = Path(self.configs_dir) / f"{name}.yaml"
         if not path.is_file():
             raise FileNotFoundError(
-                f"demo config {path} not found; run the demo from a clone of the repository or pass --configs_dir."
+                f"demo config {path} not found; pass --configs_dir with a directory of recipe configs, or leave it "
+                "out for the packaged configs/builtin."
             )
         return path
 
