@@ -19,15 +19,11 @@ CHATML_TEMPLATE = (
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# The releases a run is tested against, printed in the header of every run (CI logs included).
+# The releases a run is tested against, printed at the end of every run, -q included (CI's log).
 STACK = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "huggingface-hub", "tokenizers")
 # A test that needs a program the machine may lack skips with a reason that starts with this; the summary
 # line then counts it as a missing tool, not as an ordinary skip.
 MISSING_TOOL = "missing tool:"
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    return "stack: " + ", ".join(f"{name} {importlib.metadata.version(name)}" for name in STACK)
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
@@ -37,6 +33,8 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in STACK)
+    terminalreporter.write_line(f"stack: {versions}")
     reports = terminalreporter.stats.get("missing tool", [])
     if reports:
         terminalreporter.section("missing tools: these checks did not run")
