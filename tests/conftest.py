@@ -123,6 +123,16 @@ def build_tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Llama
     return LlamaForCausalLM(config).eval()
 
 
+def llama_without_tokenizer(seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer Llama over a 64-token vocabulary, for tests that feed it token ids directly."""
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
 def sharpen(model: torch.nn.Module) -> torch.nn.Module:
     """Larger random weights (seeded): log-probabilities, argmax hits and greedy continuations then vary from
     position to position and from prompt to prompt, as they would not with the initialiser's tiny weights."""

@@ -10,11 +10,11 @@ import warnings
 import pytest
 import torch
 import transformers
+from conftest import llama_without_tokenizer
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import (
     Cache,
     DynamicCache,
-    LlamaConfig,
     LlamaForCausalLM,
     MambaConfig,
     MambaForCausalLM,
@@ -30,15 +30,6 @@ RELEASE = f"transformers {transformers.__version__}"
 WHERE = "adapt llm_unlearn/compat.py and docs/compatibility.md"
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
 def test_the_output_classes_carry_the_cache_under_a_known_name():
     names = {field.name for field in dataclasses.fields(CausalLMOutputWithPast)}
     assert names & set(compat.CACHE_NAMES), (
@@ -48,7 +39,7 @@ def test_the_output_classes_carry_the_cache_under_a_known_name():
 
 
 def test_a_llama_takes_and_returns_its_cache_under_the_name_compat_uses_without_a_deprecation():
-    model = tiny_llama()
+    model = llama_without_tokenizer()
     name = compat.cache_argument(model)
     assert name is not None, (
         f"{RELEASE}: LlamaForCausalLM.forward declares none of {compat.CACHE_NAMES}; the cache argument was "
@@ -87,21 +78,23 @@ def test_the_private_cache_class_attributes_still_answer_as_generate_uses_them()
 
 
 def test_continues_from_cache_accepts_decoders_and_refuses_the_others():
-    assert compat.continues_from_cache(tiny_llama())
-    lora = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert compat.continues_from_cache(llama_without_tokenizer())
+    lora = get_peft_model(llama_without_tokenizer(), LoraConfig(r=2, target_modules=["q_proj"]))
     assert compat.continues_from_cache(lora)
-    prefix = get_peft_model(tiny_llama(), PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"))
+    prefix = get_peft_model(
+        llama_without_tokenizer(), PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM")
+    )
     assert not compat.continues_from_cache(prefix)
     mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, state_size=4))
     assert not compat.continues_from_cache(mamba)
     xlnet = XLNetLMHeadModel(XLNetConfig(vocab_size=64, d_model=16, n_layer=1, n_head=2, d_inner=32))
     assert not compat.continues_from_cache(xlnet)
     assert not compat.continues_from_cache(torch.nn.Linear(2, 2))
-    assert isinstance(tiny_llama(), PreTrainedModel)
+    assert isinstance(llama_without_tokenizer(), PreTrainedModel)
 
 
 def test_selecting_cache_rows_repeats_and_drops_rows_of_every_layer():
-    model = tiny_llama()
+    model = llama_without_tokenizer()
     prompts = torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]])
     rows = torch.tensor([2, 0, 0])
     with torch.no_grad():

@@ -17,7 +17,7 @@ import peft
 import pytest
 import torch
 import transformers
-from conftest import build_tiny_llama, sharpen
+from conftest import build_tiny_llama, llama_without_tokenizer, sharpen
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
@@ -26,8 +26,6 @@ from transformers import (
     Cache,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
 )
 
@@ -65,15 +63,6 @@ ATTENTION_FLAGS = (
 )
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
 def random_lora(model: PreTrainedModel, config: LoraConfig, seed: int) -> peft.PeftModel:
     """`model` wrapped in a LoRA adapter whose B factors are not zero, so that it changes the logits."""
     torch.manual_seed(seed)
@@ -104,7 +93,7 @@ def test_cache_still_has_what_the_shard_ensemble_cache_overrides():
 
 
 def test_crop_takes_a_negative_count_and_the_ensemble_cache_passes_it_to_every_shard():
-    model = tiny_llama()
+    model = llama_without_tokenizer()
     with torch.no_grad():
         caches = [
             compat.output_cache(model(input_ids=torch.tensor([[1, 2, 3, 4]]), use_cache=True)) for _ in "ab"
@@ -201,11 +190,13 @@ def test_the_private_attention_flags_still_exist_on_pretrained_model():
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_building_an_ensemble_leaves_the_bases_attention_implementation(attn_implementation):
-    config = tiny_llama().config
+    config = llama_without_tokenizer().config
     base = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
     assert base.config._attn_implementation == attn_implementation
     adapter = shard_adapter_from_peft(
-        random_lora(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]), 0), "default", "shard"
+        random_lora(llama_without_tokenizer(), LoraConfig(r=2, target_modules=["q_proj"]), 0),
+        "default",
+        "shard",
     )
     try:
         ensemble = ShardEnsembleForCausalLM(base, [adapter]).eval()
@@ -235,7 +226,7 @@ def test_rmu_default_regex_matches_a_parameter(family):
     if family == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4))
     else:
-        model = tiny_llama()
+        model = llama_without_tokenizer()
     if family == "llama+lora":
         model = get_peft_model(model, LoraConfig(r=2, target_modules=["down_proj"]))
     path, _ = decoder_layers(model)
@@ -253,7 +244,7 @@ def test_rmu_default_regex_matches_a_parameter(family):
 
 
 def test_peft_lora_linear_keeps_the_attributes_shard_adapters_read():
-    wrapped = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    wrapped = get_peft_model(llama_without_tokenizer(), LoraConfig(r=2, target_modules=["q_proj"]))
     layer = wrapped.get_base_model().model.layers[0].self_attn.q_proj
     assert type(layer) is LoraLinear, (
         f"{PEFT}: LoRA on nn.Linear now builds a {type(layer).__module__}.{type(layer).__name__}, not "
@@ -284,9 +275,9 @@ def test_peft_lora_linear_keeps_the_attributes_shard_adapters_read():
     ids=["plain", "rslora", "rank_and_alpha_pattern"],
 )
 def test_a_one_shard_ensemble_matches_the_peft_model(lora):
-    base = tiny_llama()
+    base = llama_without_tokenizer()
     wrapped = random_lora(
-        tiny_llama(), LoraConfig(target_modules=["q_proj", "v_proj", "down_proj"], **lora), 0
+        llama_without_tokenizer(), LoraConfig(target_modules=["q_proj", "v_proj", "down_proj"], **lora), 0
     )
     input_ids = torch.tensor([[3, 9, 27, 14, 5, 60]])
     with torch.no_grad():
@@ -305,7 +296,9 @@ def test_a_one_shard_ensemble_matches_the_peft_model(lora):
 
 @pytest.mark.parametrize("variant", ["use_dora", "lora_bias"])
 def test_lora_variants_and_lora_bias_are_refused(variant):
-    wrapped = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"], **{variant: True}))
+    wrapped = get_peft_model(
+        llama_without_tokenizer(), LoraConfig(r=2, target_modules=["q_proj"], **{variant: True})
+    )
     message = (
         f"{PEFT}: an adapter with {variant}=True was not refused naming its layer; peft.tuners.lora.Linear "
         f"no longer records it in lora_variant / lora_bias, and the ensemble would serve it as plain LoRA: "
