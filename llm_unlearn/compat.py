@@ -1,6 +1,6 @@
 """The one place that adapts to differences between releases of transformers, and that touches what is not
 a documented public API. docs/compatibility.md lists every entry with the reason it is kept, and
-tests/test_compat.py checks each against the installed releases, so that a release that changes one fails
+tests/test_compat*.py check each against the installed releases, so that a release that changes one fails
 there with the cause named rather than deep inside an evaluation.
 
 The key/value cache changed its name in transformers 5.24: models take it as `cache=` (the old

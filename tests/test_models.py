@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama, build_tiny_tokenizer
+from conftest import build_tiny_tokenizer
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -254,32 +254,3 @@ def test_the_embedded_gguf_file_loads_the_same_through_gguf_config(tmp_path):
     except ModelLoadError as error:
         pytest.skip(str(error))
     assert_plain_trainable_float_model(path, tmp_path)
-
-
-def test_an_embedded_conversion_from_another_conversion_version_is_made_again(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_UNLEARN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "embedded_gguf_path", lambda: tmp_path / "model.gguf")
-    conversions = []
-
-    def fake_load_gguf(path):
-        conversions.append(path)
-        tokenizer = build_tiny_tokenizer()
-        return build_tiny_llama(tokenizer, seed=len(conversions)), tokenizer
-
-    monkeypatch.setattr(models, "load_gguf", fake_load_gguf)
-    checkpoint = models.embedded_checkpoint()
-    source = checkpoint / models.EMBEDDED_SOURCE
-    assert len(conversions) == 1
-    assert json.loads(source.read_text())["conversion"] == models.EMBEDDED_CONVERSION
-    assert models.embedded_checkpoint() == checkpoint and len(conversions) == 1
-
-    # A copy made by another version of the conversion is replaced, in place.
-    source.write_text(json.dumps({"gguf_file": "x", "conversion": models.EMBEDDED_CONVERSION + 1}))
-    assert models.embedded_checkpoint() == checkpoint and len(conversions) == 2
-    assert json.loads(source.read_text())["conversion"] == models.EMBEDDED_CONVERSION
-    assert sorted(path.name for path in checkpoint.parent.iterdir()) == [checkpoint.name]
-
-    # Copies made before the version was recorded are version 1.
-    source.write_text(json.dumps({"gguf_file": "x"}))
-    models.embedded_checkpoint()
-    assert len(conversions) == (2 if models.EMBEDDED_CONVERSION == 1 else 3)

@@ -39,7 +39,7 @@ from llm_unlearn.data.loading import content_fingerprints, fingerprint, load_rec
 from llm_unlearn.data.schema import SUBJECT_FIELD, DataError, validate_dataset
 from llm_unlearn.io import atomic_directory, write_json_atomic
 from llm_unlearn.manifest import artifact_manifest
-from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
+from llm_unlearn.models import ModelArguments, load_model_and_tokenizer, name_adapter_base
 from llm_unlearn.requests.report import EXACT_GUARANTEE
 from llm_unlearn.run_record import (
     describe_data,
@@ -302,9 +302,7 @@ def train_sisa(
         # from the first slice starts from this initial adapter, saved as `init`).
         set_seed(seed + index)
         model = get_peft_model(base, copy.deepcopy(peft_config))
-        # Shard adapters name the base as sisa.json records it, not as PEFT copies it off the model.
-        for config in model.peft_config.values():
-            config.base_model_name_or_path = base_model
+        name_adapter_base(model, base_model)  # as sisa.json records it
         model.save_pretrained(str(directory / checkpoint_name(-1)))
         costs = train_shard(model, tokenizer, tokenized, shard_slices, 0, directory, stage_args)
         base = model.unload()
