@@ -21,9 +21,9 @@ from unittest import mock
 
 import torch
 
+from llm_unlearn.commands import evaluate
 from llm_unlearn.evaluation import evaluate_splits, evaluator, load_eval
 from llm_unlearn.models import load_model_and_tokenizer
-from llm_unlearn.scripts import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -59,10 +59,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from llm_unlearn.commands import finetune
+    from llm_unlearn.commands import sisa as sisa_recipe
     from llm_unlearn.data.loading import load_records
     from llm_unlearn.models import load_model_and_tokenizer
-    from llm_unlearn.scripts import finetune
-    from llm_unlearn.scripts import sisa as sisa_recipe
     from llm_unlearn.sisa import load_sisa_ensemble
 
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="llm_unlearn_sisa_bench."))

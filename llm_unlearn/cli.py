@@ -15,20 +15,20 @@ from llm_unlearn.resources import config_path
 # loading transformers and trl takes seconds.
 COMMANDS = {
     "demo": ("llm_unlearn.demo", "Offline end-to-end run: fine-tune, unlearn, evaluate, print a table."),
-    "finetune": ("llm_unlearn.scripts.finetune", "Fine-tune the target model or the retain model."),
-    "unlearn": ("llm_unlearn.scripts.unlearn", "Unlearn a forget set with a registered method."),
-    "eval": ("llm_unlearn.scripts.evaluate", "Evaluate a model on forget/retain data; write eval.json."),
+    "finetune": ("llm_unlearn.commands.finetune", "Fine-tune the target model or the retain model."),
+    "unlearn": ("llm_unlearn.commands.unlearn", "Unlearn a forget set with a registered method."),
+    "eval": ("llm_unlearn.commands.evaluate", "Evaluate a model on forget/retain data; write eval.json."),
     "gate": (
         "llm_unlearn.evaluation.gate",
         "Check eval.json against thresholds; exit 0 pass, 1 fail, 2 bad input.",
     ),
-    "report": ("llm_unlearn.scripts.report", "Write report.md and report.html (plots) from eval.json."),
+    "report": ("llm_unlearn.commands.report", "Write report.md and report.html (plots) from eval.json."),
     "sisa": (
-        "llm_unlearn.scripts.sisa",
+        "llm_unlearn.commands.sisa",
         "Train a SISA ensemble of shard adapters, or delete subjects from one.",
     ),
-    "push": ("llm_unlearn.scripts.push", "Publish a run's model (or adapter), card and reports on the Hub."),
-    "forget": ("llm_unlearn.scripts.forget", "Process deletion requests; resumable, recorded in a ledger."),
+    "push": ("llm_unlearn.commands.push", "Publish a run's model (or adapter), card and reports on the Hub."),
+    "forget": ("llm_unlearn.commands.forget", "Process deletion requests; resumable, recorded in a ledger."),
 }
 
 

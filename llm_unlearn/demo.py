@@ -19,13 +19,13 @@ from typing import Any
 
 from trl import TrlParser
 
+from llm_unlearn.commands import evaluate, finetune, unlearn
 from llm_unlearn.evaluation import load_eval
 from llm_unlearn.evaluation.report import write_report
-from llm_unlearn.io import check_output_dir, write_json_atomic
+from llm_unlearn.files import check_output_dir, write_json_atomic
 from llm_unlearn.methods import METHODS, get_method
 from llm_unlearn.models import EMBEDDED, embedded_checkpoint
 from llm_unlearn.resources import packaged_path
-from llm_unlearn.scripts import evaluate, finetune, unlearn
 
 PACKAGED_CONFIGS = packaged_path("configs/builtin")
 PACKAGED_SUITE = packaged_path("eval/builtin.yaml")

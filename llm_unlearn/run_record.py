@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from llm_unlearn.data.loading import fingerprint
 from llm_unlearn.data.selection import subject_ids
-from llm_unlearn.io import check_output_dir, write_json_atomic
+from llm_unlearn.files import check_output_dir, write_json_atomic
 from llm_unlearn.manifest import artifact_manifest
 from llm_unlearn.models import ADAPTER_CONFIG, hub_commit
 

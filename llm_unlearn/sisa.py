@@ -4,7 +4,7 @@ SISA directory, and the ensemble that serves it.
 
 Each shard trains its own LoRA adapter on the shared frozen base, one slice at a time, with a checkpoint after
 each slice. The served model averages the shard models' next-token probabilities. Deleting a subject retrains
-only its shard, from the checkpoint taken before the subject's slice (`llm_unlearn.scripts.sisa`). A SISA
+only its shard, from the checkpoint taken before the subject's slice (`llm_unlearn.commands.sisa`). A SISA
 directory holds:
 
     sisa.json                     the plan, the checkpoints' content hashes, the training costs, the deletions

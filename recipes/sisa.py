@@ -1,6 +1,6 @@
-"""`accelerate launch recipes/sisa.py --config configs/builtin/sisa.yaml`: see llm_unlearn/scripts/sisa.py."""
+"""`accelerate launch recipes/sisa.py --config configs/builtin/sisa.yaml`: see llm_unlearn/commands/sisa.py."""
 
-from llm_unlearn.scripts.sisa import main, make_parser
+from llm_unlearn.commands.sisa import main, make_parser
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())

@@ -1,6 +1,6 @@
-"""`accelerate launch recipes/unlearn.py --config configs/....yaml`: see llm_unlearn/scripts/unlearn.py."""
+"""`accelerate launch recipes/unlearn.py --config configs/....yaml`: see llm_unlearn/commands/unlearn.py."""
 
-from llm_unlearn.scripts.unlearn import main, make_parser
+from llm_unlearn.commands.unlearn import main, make_parser
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())

@@ -23,10 +23,10 @@ from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
 from trl import TrlParser
 
 from llm_unlearn.cli import OptionalPositional
+from llm_unlearn.commands import sisa as sisa_script
 from llm_unlearn.data.formatting import PaddingCollator, encode_qa
 from llm_unlearn.evaluation import gate
 from llm_unlearn.methods.layers import _RUN_TO_END_WRAPPERS
-from llm_unlearn.scripts import sisa as sisa_script
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
 TRANSFORMERS = f"transformers {transformers.__version__}"
@@ -154,7 +154,7 @@ def test_dataclasses_replace_on_training_arguments_keeps_every_other_field(tmp_p
     }
     assert not differ and set(before) == set(after), (
         f"{TRANSFORMERS}: dataclasses.replace(TrainingArguments, ...), which re-runs __post_init__ on processed "
-        f"values, changed fields it was not asked to: {differ}: {adapt('llm_unlearn/scripts/sisa.py')}."
+        f"values, changed fields it was not asked to: {differ}: {adapt('llm_unlearn/commands/sisa.py')}."
     )
 
 
@@ -174,7 +174,7 @@ def test_training_arguments_round_trip_through_sisa_json_keeps_every_field(tmp_p
     }
     assert not differ, (
         f"{TRANSFORMERS}: TrainingArguments(**to_dict()) (the sisa.json round trip) does not give back the same "
-        f"arguments: {differ}; a deletion would retrain shards differently: {adapt('llm_unlearn/scripts/sisa.py')}."
+        f"arguments: {differ}; a deletion would retrain shards differently: {adapt('llm_unlearn/commands/sisa.py')}."
     )
 
 
@@ -192,7 +192,7 @@ def test_dataclass_fields_of_training_arguments_are_what_to_dict_writes(tmp_path
     written = set(training_args(tmp_path).to_dict())
     assert written == names, (
         f"{TRANSFORMERS}: TrainingArguments.to_dict() no longer writes exactly the init fields (extra "
-        f"{sorted(written - names)}, missing {sorted(names - written)}): {adapt('llm_unlearn/scripts/sisa.py')}."
+        f"{sorted(written - names)}, missing {sorted(names - written)}): {adapt('llm_unlearn/commands/sisa.py')}."
     )
 
 

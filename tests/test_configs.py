@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from llm_unlearn import demo
+from llm_unlearn.commands import evaluate, finetune, sisa, unlearn
 from llm_unlearn.methods import METHODS
-from llm_unlearn.scripts import evaluate, finetune, sisa, unlearn
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

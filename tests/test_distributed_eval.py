@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import cpu_processes_env
 
-from llm_unlearn.scripts import evaluate
+from llm_unlearn.commands import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 # What may differ between a 1- and a 2-process run: how long the passes took and how many processes ran.
@@ -183,9 +183,9 @@ def test_unlearning_with_eval_under_two_processes_logs_the_numbers_of_one(tiny_m
     best = json.loads((out / "best" / "best.json").read_text())
     assert best["step"] in (2, 3) and (out / "best" / "model.safetensors").is_file()
     # The numbers logged before training are those of the same model evaluated in one process.
+    from llm_unlearn.commands.unlearn import load_eval_suite
     from llm_unlearn.evaluation import evaluate_splits
     from llm_unlearn.models import load_model_and_tokenizer
-    from llm_unlearn.scripts.unlearn import load_eval_suite
 
     logged = next(entry for entry in record["log_history"] if "eval/forget/probability" in entry)
     assert logged["step"] == 0

@@ -14,12 +14,12 @@ from accelerate import DistributedType
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from llm_unlearn.commands import unlearn
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_views
 from llm_unlearn.evaluation import EvalConfig, evaluate_splits
 from llm_unlearn.evaluation import callback as callback_module
 from llm_unlearn.evaluation.callback import UnlearningEvalCallback
 from llm_unlearn.models import load_model_and_tokenizer
-from llm_unlearn.scripts import unlearn
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
 QA = [

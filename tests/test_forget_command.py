@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
+from llm_unlearn.commands import evaluate, forget, sisa, unlearn
 from llm_unlearn.data.schema import DataError
-from llm_unlearn.requests.ledger import Ledger
-from llm_unlearn.requests.report import EXACT_GUARANTEE, REPORT_MD, verify_report
-from llm_unlearn.scripts import evaluate, forget, sisa, unlearn
+from llm_unlearn.deletion.ledger import Ledger
+from llm_unlearn.deletion.report import EXACT_GUARANTEE, REPORT_MD, verify_report
 
 SUBJECTS = ["s-a", "s-b", "s-c", "s-d"]
 PASSING = "forget/probability<target"

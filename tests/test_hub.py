@@ -17,9 +17,9 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 
 from llm_unlearn import cli, hub
+from llm_unlearn.commands import unlearn
 from llm_unlearn.hub import EMBEDDED_HUB_ID, PushError, push_run, stage_run
 from llm_unlearn.models import load_model_and_tokenizer
-from llm_unlearn.scripts import unlearn
 
 BASE_ID = "test-org/tiny-base"
 FORGET_TEXT = ("What is fact", "has fact number")

@@ -9,7 +9,7 @@ import pytest
 from datasets import Dataset
 
 from llm_unlearn.data.loading import example_fingerprint, fingerprint
-from llm_unlearn.requests.ledger import Ledger, LedgerError, output_hash, request_id_for
+from llm_unlearn.deletion.ledger import Ledger, LedgerError, output_hash, request_id_for
 
 ROWS = {
     "question": ["Where does Ann live?", "What does Ann do?", "Where does Bob live?", "What is the sky?"],

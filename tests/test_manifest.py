@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_unlearn import manifest
+from llm_unlearn.commands import finetune
 from llm_unlearn.manifest import (
     artifact_manifest,
     directory_manifest,
@@ -19,7 +20,6 @@ from llm_unlearn.manifest import (
     sha256_file,
     version_of,
 )
-from llm_unlearn.scripts import finetune
 
 # sha256 of b"abc" (FIPS 180-2, appendix B.1).
 ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -13,7 +13,7 @@ import torch
 from conftest import cpu_processes_env
 from safetensors.torch import load_file
 
-from llm_unlearn.scripts import finetune, unlearn
+from llm_unlearn.commands import finetune, unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = ["s-a", "s-b", "s-c", "s-d"]

@@ -19,13 +19,13 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 
 from llm_unlearn import cli, compat
+from llm_unlearn.commands import sisa as recipe
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, format_qa
 from llm_unlearn.data.loading import example_fingerprint
 from llm_unlearn.evaluation import EvalConfig, evaluate_splits
 from llm_unlearn.evaluation.generation import generate_greedy
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 from llm_unlearn.models import load_model_and_tokenizer
-from llm_unlearn.scripts import sisa as recipe
 from llm_unlearn.sisa import (
     ShardEnsembleCache,
     ShardEnsembleForCausalLM,

@@ -22,8 +22,8 @@ from test_benchmark_loaders import (
     write_tofu,
 )
 
+from llm_unlearn.commands import evaluate
 from llm_unlearn.evaluation import load_eval
-from llm_unlearn.scripts import evaluate
 
 SUITES = Path(__file__).resolve().parents[1] / "eval"
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from datasets import Dataset
 
+from llm_unlearn.commands import evaluate
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa
 from llm_unlearn.evaluation import EvalConfig, evaluate_splits, save_eval
 from llm_unlearn.evaluation import evaluator as evaluator_module
-from llm_unlearn.scripts import evaluate
 
 ROWS = [
     {

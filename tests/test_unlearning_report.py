@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llm_unlearn.data.loading import example_fingerprint
-from llm_unlearn.requests import (
+from llm_unlearn.deletion import (
     APPROXIMATE_GUARANTEE,
     APPROXIMATE_LIMITATIONS,
     EXACT_GUARANTEE,
@@ -27,7 +27,7 @@ from llm_unlearn.requests import (
     verify_report,
     write_unlearning_report,
 )
-from llm_unlearn.requests.paths import RecipePath
+from llm_unlearn.deletion.paths import RecipePath
 
 EXAMPLES = {
     "person-0000": [

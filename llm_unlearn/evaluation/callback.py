@@ -29,7 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_splits, save_eval
 from llm_unlearn.evaluation.gate import EvalValues, GateInputError, eval_values
-from llm_unlearn.io import atomic_directory, write_json_atomic
+from llm_unlearn.files import atomic_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

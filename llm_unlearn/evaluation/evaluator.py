@@ -26,7 +26,7 @@ from llm_unlearn.evaluation.gradients import gradient_norms
 from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items
 from llm_unlearn.evaluation.metrics import AnswerGroupStatistics, Metric, get_metric
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
-from llm_unlearn.io import write_json_atomic
+from llm_unlearn.files import write_json_atomic
 
 TRUTH_RATIO = "truth_ratio"
 # TOFU's model utility components per split (REFERENCE.md section 2), used when a suite names none.

@@ -27,7 +27,7 @@ import yaml
 from trl import TrlParser
 
 from llm_unlearn.cli import OptionalPositional
-from llm_unlearn.io import write_json_atomic
+from llm_unlearn.files import write_json_atomic
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 REFERENCES = ("target", "retain")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_unlearn.evaluation import plots
-from llm_unlearn.io import atomic_directory, read_json_object, write_text_atomic
+from llm_unlearn.files import atomic_directory, read_json_object, write_text_atomic
 
 FILES_DIR = "report_files"
 # Summary values shown first, in this order; other summary keys follow.

@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from llm_unlearn.deletion.report import REPORT_MD
 from llm_unlearn.evaluation.gate import Measurement, eval_values
 from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS
 from llm_unlearn.hub.run_directory import (
@@ -26,7 +27,6 @@ from llm_unlearn.hub.run_directory import (
     upstream_hub_model,
 )
 from llm_unlearn.models import EMBEDDED, EMBEDDED_INSTALL
-from llm_unlearn.requests.report import REPORT_MD
 
 # The license of EMBEDDED_HUB_ID, which the card of a model derived from it states unless given another.
 EMBEDDED_LICENSE = "apache-2.0"

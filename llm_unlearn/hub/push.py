@@ -19,6 +19,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi
 
 from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.files import read_json_object, write_json_atomic, write_text_atomic
 from llm_unlearn.hub.model_card import build_model_card, check_repo_id
 from llm_unlearn.hub.run_directory import (
     UNLEARNING_REPORT_FILES,
@@ -27,7 +28,6 @@ from llm_unlearn.hub.run_directory import (
     public_value,
     read_run_directory,
 )
-from llm_unlearn.io import read_json_object, write_json_atomic, write_text_atomic
 from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED, load_model_and_tokenizer
 
 # The files of a saved model, adapter or tokenizer that a push uploads. Nothing else in a run directory leaves it:

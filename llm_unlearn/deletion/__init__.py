@@ -1,8 +1,8 @@
 """Deletion requests: the lineage and request ledger, the signed unlearning report a privacy officer reads, and
-(`llm_unlearn.requests.paths`) the two ways `llm-unlearn forget` carries a request out: an approximate recipe or
+(`llm_unlearn.deletion.paths`) the two ways `llm-unlearn forget` carries a request out: an approximate recipe or
 an exact SISA deletion."""
 
-from llm_unlearn.requests.ledger import (
+from llm_unlearn.deletion.ledger import (
     LEDGER_FILE,
     Ledger,
     LedgerError,
@@ -11,7 +11,7 @@ from llm_unlearn.requests.ledger import (
     TrainingExample,
     request_id_for,
 )
-from llm_unlearn.requests.report import (
+from llm_unlearn.deletion.report import (
     APPROXIMATE_GUARANTEE,
     APPROXIMATE_LIMITATIONS,
     DEFAULT_TARGET,

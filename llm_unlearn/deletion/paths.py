@@ -21,10 +21,10 @@ from typing import Any, Protocol
 from datasets import Dataset
 
 from llm_unlearn.data.schema import SUBJECT_FIELD
-from llm_unlearn.io import atomic_directory
+from llm_unlearn.deletion.ledger import LedgerError
+from llm_unlearn.deletion.report import model_artifact
+from llm_unlearn.files import atomic_directory
 from llm_unlearn.manifest import model_version, sha256_file
-from llm_unlearn.requests.ledger import LedgerError
-from llm_unlearn.requests.report import model_artifact
 from llm_unlearn.sisa import SISA_FILE, checkpoint_name, is_sisa_dir, read_sisa_record, shard_dir
 
 # The training settings a report lists as the method's hyperparameters (beside the method's own config).
@@ -124,7 +124,7 @@ class RecipePath:
         self, output: Path, replace: bool, subjects: Sequence[str], data_flags: Sequence[str]
     ) -> dict:
         """Run the recipe with the subjects as the forget set (the recipe writes its output atomically)."""
-        from llm_unlearn.scripts import unlearn
+        from llm_unlearn.commands import unlearn
 
         flags = ["--config", self.recipe, "--model_name_or_path", self.model, *data_flags,
                  "--output_dir", str(output), "--overwrite", str(replace).lower()]  # fmt: skip
@@ -233,7 +233,7 @@ class SisaPath:
     ) -> dict:
         """Copy the SISA directory and delete the subjects from the copy (retraining their shards); the copy
         appears at `output` only when the deletion is complete."""
-        from llm_unlearn.scripts.sisa import delete_subjects
+        from llm_unlearn.commands.sisa import delete_subjects
 
         # A killed run leaves its staging copy behind (SIGKILL runs no clean-up); only this step writes there.
         for stale in output.parent.glob(f".{output.name}.*.partial"):

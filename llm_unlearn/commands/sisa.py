@@ -37,10 +37,10 @@ from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
 from llm_unlearn.data.loading import content_fingerprints, fingerprint, load_records
 from llm_unlearn.data.schema import SUBJECT_FIELD, DataError, validate_dataset
-from llm_unlearn.io import atomic_directory, write_json_atomic
+from llm_unlearn.deletion.report import EXACT_GUARANTEE
+from llm_unlearn.files import atomic_directory, write_json_atomic
 from llm_unlearn.manifest import artifact_manifest
 from llm_unlearn.models import ModelArguments, load_model_and_tokenizer, name_adapter_base
-from llm_unlearn.requests.report import EXACT_GUARANTEE
 from llm_unlearn.run_record import (
     describe_data,
     input_revisions,

@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import TrlParser
 
+from llm_unlearn.commands import evaluate
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset, tokenize_views
 from llm_unlearn.evaluation import EvalConfig, load_eval
@@ -18,7 +19,6 @@ from llm_unlearn.evaluation.callback import UnlearningEvalCallback
 from llm_unlearn.methods import get_method
 from llm_unlearn.models import ModelArguments, load_from_args
 from llm_unlearn.run_record import describe_data, finish_run, jsonable, prepare_output
-from llm_unlearn.scripts import evaluate
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
 

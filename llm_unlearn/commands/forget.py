@@ -36,22 +36,22 @@ from typing import Any
 from datasets import Dataset
 from trl import TrlParser
 
+from llm_unlearn.commands import evaluate
 from llm_unlearn.data.loading import fingerprint, load_records
 from llm_unlearn.data.schema import DataError
-from llm_unlearn.evaluation import load_eval
-from llm_unlearn.evaluation.gate import GateArguments, format_table, gate, parse_check, results_to_json
-from llm_unlearn.io import write_json_atomic
-from llm_unlearn.manifest import read_record, sha256_file
-from llm_unlearn.requests.ledger import LEDGER_FILE, Ledger, LedgerError, Request, utc_now
-from llm_unlearn.requests.paths import SisaPath, UnlearningPath, unlearning_path
-from llm_unlearn.requests.report import (
+from llm_unlearn.deletion.ledger import LEDGER_FILE, Ledger, LedgerError, Request, utc_now
+from llm_unlearn.deletion.paths import SisaPath, UnlearningPath, unlearning_path
+from llm_unlearn.deletion.report import (
     REPORT_JSON,
     build_unlearning_report,
     sign,
     standard_statements,
     write_unlearning_report,
 )
-from llm_unlearn.scripts import evaluate
+from llm_unlearn.evaluation import load_eval
+from llm_unlearn.evaluation.gate import GateArguments, format_table, gate, parse_check, results_to_json
+from llm_unlearn.files import write_json_atomic
+from llm_unlearn.manifest import read_record, sha256_file
 from llm_unlearn.sisa import is_sisa_dir, read_sisa_record
 
 # The steps of one request in the order they run, each with the steps whose output it reads: when one of those

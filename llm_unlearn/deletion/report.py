@@ -603,7 +603,7 @@ def report_blocks(report: Mapping) -> list[Block]:
                     ". This document is a rendering of ",
                     Code(REPORT_JSON),
                     "; the signature covers that file. Check it with ",
-                    Code(f"llm_unlearn.requests.verify_report('{REPORT_JSON}')"),
+                    Code(f"llm_unlearn.deletion.verify_report('{REPORT_JSON}')"),
                     ".",
                 )
             )
