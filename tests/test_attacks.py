@@ -279,7 +279,7 @@ def test_paraphrase_without_paraphrased_questions_names_the_split(tiny_model, ti
 
 def test_unknown_attacks_and_bad_parameters_give_clear_errors(tiny_model, tiny_tokenizer):
     context = _context(tiny_model, tiny_tokenizer)
-    with pytest.raises(ValueError, match=r"unknown attack 'quantise'; known attacks are \[.*'quantize_4bit'"):
+    with pytest.raises(ValueError, match=r"unknown attack 'quantise'; known attacks: \[.*'quantize_4bit'"):
         get_attack("quantise")
     with pytest.raises(ValueError, match=r"attack 'relearn' has no parameter 'lr'; its parameters are \["):
         run_attack("relearn", context, lr=1e-3)

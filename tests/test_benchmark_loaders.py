@@ -9,8 +9,6 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import build_tiny_tokenizer
-from tokenizers.processors import TemplateProcessing
 
 from llm_unlearn.data.benchmarks import (
     COMPLETION_FEATURES,
@@ -19,7 +17,6 @@ from llm_unlearn.data.benchmarks import (
     load_muse,
     load_tofu,
     muse_fewshot_prompt,
-    truncate_continuation,
 )
 from llm_unlearn.data.schema import QA_FEATURES, TEXT_FEATURES, DataError
 
@@ -266,26 +263,6 @@ def test_muse_privleak_splits_are_text_rows_of_their_own_file(muse_dir: Path) ->
         # "retain" reads privleak/retain-*.parquet, not the retain2 file beside it.
         assert dataset["text"] == PRIVLEAK[split]
         assert set(dataset["subject_id"]) == {None}
-
-
-def test_truncate_continuation_keeps_the_first_tokens(tiny_tokenizer) -> None:
-    text = "The quick brown fox jumps over the lazy dog."
-    # The tiny tokenizer splits it as "The", " qu", "ick", " b", "row", ...
-    assert truncate_continuation(text, tiny_tokenizer, 4) == "The quick b"
-    assert truncate_continuation(text, tiny_tokenizer) == text
-    with pytest.raises(ValueError, match=r"max_tokens must be at least 1, got 0"):
-        truncate_continuation(text, tiny_tokenizer, 0)
-
-
-def test_truncate_continuation_counts_a_bos_token_like_muse() -> None:
-    tokenizer = build_tiny_tokenizer()
-    bos = tokenizer.bos_token
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)]
-    )
-    text = "The quick brown fox jumps over the lazy dog."
-    assert truncate_continuation(text, tokenizer, 4) == "The quick"
-    assert truncate_continuation(text, tokenizer, 4, add_special_tokens=False) == "The quick b"
 
 
 def test_unknown_configs_and_splits_list_the_known_ones(tofu_dir: Path) -> None:

@@ -29,7 +29,6 @@ from llm_unlearn.evaluation.aggregate import (
     summarize_with_ci,
     truth_ratio,
     truth_ratio_forget,
-    truth_ratio_prob_mean,
     truth_ratio_retain,
 )
 from llm_unlearn.evaluation.metrics import (
@@ -44,7 +43,7 @@ from llm_unlearn.evaluation.metrics import (
 )
 from llm_unlearn.evaluation.statistics import ItemStatistics, compute_item_statistics
 
-# Retrained-model AUCs published by MUSE (Shi et al. 2024), in MUSE's orientation (REFERENCE.md section 3).
+# Retrained-model AUCs published by MUSE (Shi et al. 2024), in MUSE's orientation (docs/metrics.md#privleak).
 MUSE_RETRAINED_AUC = {"news": 0.4772, "books": 0.5393}
 
 
@@ -255,19 +254,16 @@ def test_truth_ratio_perfect_knowledge_versus_indifference():
     indifferent = [truth_ratio(-2.0, [-2.0, -2.0])] * 3
     assert truth_ratio_forget(knows) == pytest.approx(0.0, abs=1e-12)
     assert truth_ratio_retain(knows) == pytest.approx(1.0)
-    assert truth_ratio_prob_mean(knows) == pytest.approx(1.0)
     assert truth_ratio_forget(indifferent) == pytest.approx(1.0)
     assert truth_ratio_retain(indifferent) == pytest.approx(0.0)
-    assert truth_ratio_prob_mean(indifferent) == pytest.approx(0.5)
 
 
 def test_truth_ratio_aggregates_on_hand_values():
     ratios = [0.5, 2.0, 1.0]
     assert truth_ratio_forget(ratios) == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert truth_ratio_retain(ratios) == pytest.approx((0.5 + 0.0 + 0.0) / 3)
-    assert truth_ratio_prob_mean([1.0, 3.0]) == pytest.approx((0.5 + 0.25) / 2)
     assert truth_ratio_forget([0.0, math.inf]) == 0.0
-    for aggregate in (truth_ratio_forget, truth_ratio_retain, truth_ratio_prob_mean):
+    for aggregate in (truth_ratio_forget, truth_ratio_retain):
         with pytest.raises(ValueError, match="ratios is empty"):
             aggregate([])
         with pytest.raises(ValueError, match="non-negative"):

@@ -1,5 +1,5 @@
 """Load the TOFU and MUSE benchmark sets from the Hugging Face Hub, or from a local snapshot of the Hub repo,
-into this package's schemas (REFERENCE.md section 5).
+into this package's schemas (docs/benchmarks.md).
 
 `source` is a Hub dataset id, read with `datasets.load_dataset(source, config, split=split)`, or a local directory
 laid out like the Hub repo (what `huggingface-cli download --repo-type dataset <id> --local-dir DIR` writes),
@@ -28,7 +28,6 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, Value
-from transformers import PreTrainedTokenizerBase
 
 from llm_unlearn.data.schema import (
     QA_FEATURES,
@@ -91,7 +90,7 @@ TOFU_FORGET_SETS = {
         retain="retain90", perturbed="forget10_perturbed", holdout="holdout10", num_authors=20
     ),
 }
-# The three sets behind TOFU's model utility (REFERENCE.md section 2).
+# The three sets behind TOFU's model utility (docs/metrics.md#model_utility).
 TOFU_UTILITY_SETS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
 
 MUSE_SOURCES = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
@@ -113,7 +112,6 @@ _MUSE_COLUMNS = {
 MUSE_KNOWMEM_SHOTS = {"forget_qa": "forget_qa_icl", "retain_qa": "retain_qa_icl"}
 MUSE_KNOWMEM_MAX_NEW_TOKENS = 32
 MUSE_KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
-MUSE_VERBMEM_MAX_TOKENS = 128
 COMPLETION_FEATURES = Features(
     {"prompt": Value("string"), "answer": Value("string"), SUBJECT_FIELD: Value("string")}
 )
@@ -123,31 +121,11 @@ Table = dict[str, list[Any]]
 
 def muse_fewshot_prompt(question: str, shots: Sequence[tuple[str, str]]) -> str:
     """MUSE's knowledge-memorization prompt: "Question: q\\nAnswer: a\\n\\n" per shot, then the question
-    (REFERENCE.md section 2)."""
+    (docs/metrics.md#muse-knowledge-memorization)."""
     context = "".join(
         f"Question: {shot_question}\nAnswer: {shot_answer}\n\n" for shot_question, shot_answer in shots
     )
     return f"{context}Question: {question}\nAnswer: "
-
-
-def truncate_continuation(
-    text: str,
-    tokenizer: PreTrainedTokenizerBase,
-    max_tokens: int = MUSE_VERBMEM_MAX_TOKENS,
-    *,
-    add_special_tokens: bool = True,
-) -> str:
-    """The first `max_tokens` tokens of `text`, decoded without special tokens: MUSE's verbatim-memorization
-    reference (REFERENCE.md section 2).
-
-    MUSE's reference code encodes the continuation with the tokenizer's special tokens, so a BOS token (Llama-2)
-    takes one place of the 128; `add_special_tokens=False` counts text tokens only. Like the reference, the result
-    is decoded from tokens also when `text` is shorter than `max_tokens`.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}.")
-    ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"][:max_tokens]
-    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _is_local(source: str) -> bool:

@@ -1,6 +1,6 @@
 """Suite-level metrics over per-item values: truth-ratio aggregates, forget quality and model utility (TOFU,
 Maini et al. 2024), membership-inference AUC and PrivLeak (MUSE, Shi et al. 2024), and percentile-bootstrap
-confidence intervals. Definitions follow REFERENCE.md sections 2 and 3.
+confidence intervals. Definitions follow docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def truth_ratio(
     wrong_mean: Literal["geometric", "arithmetic"] = "geometric",
 ) -> float:
     """Truth ratio R = [mean over perturbed answers of P(y_wrong|x)] / P(y_paraphrased|x), P = exp(-NLL) (TOFU,
-    Maini et al. 2024; REFERENCE.md section 2).
+    Maini et al. 2024; docs/metrics.md#truth_ratio).
 
     Inputs are length-normalised log-probabilities, -NLL(y|x) = (1/|y|) sum_t lp_t, one per answer.
     `wrong_mean="geometric"` (default, the TOFU reference code) averages the wrong answers in log space:
@@ -63,7 +63,7 @@ def truth_ratio(
 
 def truth_ratio_forget(ratios: Values) -> float:
     """Forget-set truth-ratio statistic mean(min(R, 1/R)): 1 when true and wrong answers are equally likely
-    (TOFU, Maini et al. 2024; REFERENCE.md section 2)."""
+    (TOFU, Maini et al. 2024; docs/metrics.md#truth_ratio_stat)."""
     array = _as_ratios(ratios)
     with np.errstate(divide="ignore"):  # R = 0 gives 1/R = inf, and min(0, inf) = 0 as the limit says
         return float(np.minimum(array, 1.0 / array).mean())
@@ -71,21 +71,13 @@ def truth_ratio_forget(ratios: Values) -> float:
 
 def truth_ratio_retain(ratios: Values) -> float:
     """Retain / real-author / world-fact truth-ratio statistic mean(max(0, 1 - R)): 1 when the true answer is
-    far likelier than the wrong ones (TOFU, Maini et al. 2024; REFERENCE.md section 2)."""
+    far likelier than the wrong ones (TOFU, Maini et al. 2024; docs/metrics.md#truth_ratio_stat)."""
     return float(np.maximum(0.0, 1.0 - _as_ratios(ratios)).mean())
-
-
-def truth_ratio_prob_mean(ratios: Values) -> float:
-    """The "prob_mean" truth-ratio statistic mean(P_true / (P_true + P_wrong)) (REFERENCE.md section 2), with
-    P_true = P(y_paraphrased|x), the denominator of R, and P_wrong = the mean of P(y_wrong|x) over the
-    perturbed answers, its numerator (in whichever `truth_ratio` convention produced R); per item this is
-    1 / (1 + R)."""
-    return float((1.0 / (1.0 + _as_ratios(ratios))).mean())
 
 
 def multiple_choice_probability(p_true: float, p_wrongs: Values) -> float:
     """Multiple-choice probability P_true / (P_true + sum_j P_wrong_j) with length-normalised P = exp(-NLL)
-    (TOFU real authors / world facts, Maini et al. 2024; REFERENCE.md section 2)."""
+    (TOFU real authors / world facts, Maini et al. 2024; docs/metrics.md#probability_mc)."""
     wrongs = _as_1d(p_wrongs, "p_wrongs")
     if not p_true >= 0 or (wrongs < 0).any():
         raise ValueError(
@@ -99,7 +91,7 @@ def multiple_choice_probability(p_true: float, p_wrongs: Values) -> float:
 
 def forget_quality(unlearned_ratios: Values, retain_ratios: Values) -> float:
     """Forget quality: p-value of the two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) between the
-    per-item truth ratios of the unlearned model and of the retain model (TOFU, Maini et al. 2024; REFERENCE.md
+    per-item truth ratios of the unlearned model and of the retain model (TOFU, Maini et al. 2024; docs/metrics.md#forget_quality
     section 2). Both are measured on the same forget items, so the lengths must match; 1.0 for equal samples."""
     unlearned = _as_1d(unlearned_ratios, "unlearned_ratios")
     retain = _as_1d(retain_ratios, "retain_ratios")
@@ -113,7 +105,7 @@ def forget_quality(unlearned_ratios: Values, retain_ratios: Values) -> float:
 
 def model_utility(values: Mapping[str, float]) -> float:
     """Model utility: the harmonic mean of the given numbers (TOFU: probability, ROUGE-L recall and truth-ratio
-    statistic on the retain set, real authors and world facts; Maini et al. 2024; REFERENCE.md section 2).
+    statistic on the retain set, real authors and world facts; Maini et al. 2024; docs/metrics.md#model_utility).
 
     Any value <= 0 makes it 0: the harmonic mean tends to 0 as one value does, and every TOFU component lies in
     [0, 1], so a negative one can only mean "nothing retained".
@@ -131,7 +123,7 @@ def model_utility(values: Mapping[str, float]) -> float:
 
 def roc_auc_batched(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> np.ndarray:
     """`roc_auc` along the last axis, for many pairs of samples at once (e.g. bootstrap resamples): arrays
-    `[..., n_forget]` and `[..., n_holdout]` give `[...]` (REFERENCE.md section 3)."""
+    `[..., n_forget]` and `[..., n_holdout]` give `[...]` (docs/metrics.md#auc)."""
     forget = np.asarray(forget_scores, dtype=np.float64)
     holdout = np.asarray(holdout_scores, dtype=np.float64)
     n_forget, n_holdout = forget.shape[-1], holdout.shape[-1]
@@ -144,7 +136,7 @@ def roc_auc_batched(forget_scores: np.ndarray, holdout_scores: np.ndarray) -> np
 def roc_auc(forget_scores: Values, holdout_scores: Values) -> float:
     """Membership-inference AUC with forget items labelled 0 and holdout items 1, on scores where higher = looks
     less like a member: P(holdout score > forget score) + P(tie)/2, the Mann-Whitney U statistic over
-    n_forget * n_holdout (REFERENCE.md section 3). Near 1: the forget items look like training data; 0.5:
+    n_forget * n_holdout (docs/metrics.md#auc). Near 1: the forget items look like training data; 0.5:
     indistinguishable."""
     return float(
         roc_auc_batched(_as_1d(forget_scores, "forget_scores"), _as_1d(holdout_scores, "holdout_scores"))
@@ -154,7 +146,7 @@ def roc_auc(forget_scores: Values, holdout_scores: Values) -> float:
 def roc_curve(forget_scores: Values, holdout_scores: Values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC points (fpr, tpr, thresholds) in `roc_auc`'s orientation (holdout = positive, predicted when
     score >= threshold), thresholds descending from +inf so the curve starts at (0, 0) and ends at (1, 1); its
-    trapezoidal area is `roc_auc` (REFERENCE.md section 3)."""
+    trapezoidal area is `roc_auc` (docs/metrics.md#auc)."""
     forget = np.sort(_as_1d(forget_scores, "forget_scores"))
     holdout = np.sort(_as_1d(holdout_scores, "holdout_scores"))
     thresholds = np.unique(np.concatenate([forget, holdout]))[::-1]
@@ -174,7 +166,7 @@ def privleak(
     *,
     orientation: Literal["muse", "roc_auc"] = "muse",
 ) -> float:
-    """MUSE PrivLeak = (AUC_unlearned - AUC_retrained) / AUC_retrained * 100 (Shi et al. 2024; REFERENCE.md
+    """MUSE PrivLeak = (AUC_unlearned - AUC_retrained) / AUC_retrained * 100 (Shi et al. 2024; docs/metrics.md#privleak
     section 3), from the AUCs of the Min-40% score (`min_k`, k = 0.4) on the privleak forget vs holdout texts,
     for the unlearned model and for the model retrained without the forget set.
 
@@ -220,7 +212,7 @@ def bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval (low, high) of `statistic` over per-item `values`, deterministic
-    by `seed` (REFERENCE.md section 3: report sample sizes and bootstrap confidence intervals).
+    by `seed` (docs/metrics.md#aggregates-and-confidence-intervals: report sample sizes and bootstrap confidence intervals).
 
     `statistic` is a numpy reduction taking `axis` (np.mean, np.median, ...): it runs once on all resamples,
     an `[n_resamples, n]` array, with `axis=-1`.
@@ -241,7 +233,7 @@ def bootstrap_ci_two_sample(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval (low, high) of a two-sample statistic, each sample resampled
-    separately at its own size, deterministic by `seed` (REFERENCE.md section 3).
+    separately at its own size, deterministic by `seed` (docs/metrics.md#aggregates-and-confidence-intervals).
 
     `statistic(first_rows, second_rows)` gets `[n_resamples, n_first]` and `[n_resamples, n_second]` arrays and
     returns one value per row: e.g. `roc_auc_batched` for the forget-vs-holdout AUC.
@@ -271,7 +263,7 @@ def summarize_with_ci(
     values: Iterable[float], *, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
 ) -> dict[str, float | int]:
     """`summarize` (mean, n, sample std) plus the percentile-bootstrap interval of the mean as `ci_low`
-    and `ci_high` (REFERENCE.md section 3); NaN bounds when there is no value or a NaN value."""
+    and `ci_high` (docs/metrics.md#aggregates-and-confidence-intervals); NaN bounds when there is no value or a NaN value."""
     array = np.asarray(list(values), dtype=np.float64)
     summary = summarize(array)
     if array.size == 0 or np.isnan(array).any():

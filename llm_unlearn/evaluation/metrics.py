@@ -5,7 +5,7 @@ A metric declares its inputs by name (`"statistics"`: the item's teacher-forced 
 `"generation"`: the greedy completion of its prompt; `"answer"`: the reference answer; `"text"`: the item's
 scored text, prompt followed by answer, or the whole text of a plain-text item; `"gradient_norm"`: the norm of
 the gradient of its NLL), and the evaluator runs each pass that produces an input once for all the metrics that
-need it. A metric returns None where it does not apply to an item (a truth ratio without perturbed answers). Definitions follow REFERENCE.md section 2
+need it. A metric returns None where it does not apply to an item (a truth ratio without perturbed answers). Definitions follow docs/metrics.md
 (TOFU, Maini et al. 2024; MUSE, Shi et al. 2024) and, for the membership-inference scores, section 3: those
 follow "higher = looks less like a member" (less like training data).
 """
@@ -24,6 +24,7 @@ from rouge_score import rouge_scorer
 from llm_unlearn.evaluation.aggregate import multiple_choice_probability
 from llm_unlearn.evaluation.aggregate import truth_ratio as truth_ratio_of
 from llm_unlearn.evaluation.statistics import ItemStatistics
+from llm_unlearn.registry import Registry
 
 # Inputs a metric may ask for; each is computed once per item by the evaluator. "text" is the prompt followed
 # by the answer as one string (the whole text for a plain-text item): the zlib score compresses it.
@@ -50,7 +51,7 @@ class Metric:
     inputs: tuple[str, ...]
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(
@@ -64,9 +65,7 @@ def register_metric(
         )
 
     def decorate(fn: Callable[..., float]) -> Callable[..., float]:
-        if name in METRICS:
-            raise ValueError(f"a metric named {name!r} is already registered.")
-        METRICS[name] = Metric(name=name, fn=fn, inputs=inputs)
+        METRICS.register(name, Metric(name=name, fn=fn, inputs=inputs))
         return fn
 
     return decorate
@@ -74,22 +73,20 @@ def register_metric(
 
 def get_metric(name: str) -> Metric:
     """Return the registered metric `name`, or raise ValueError listing the known ones."""
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; known metrics are {sorted(METRICS)}.")
-    return METRICS[name]
+    return METRICS.get(name)
 
 
 @register_metric("probability", inputs=("statistics",))
 def probability(stats: ItemStatistics) -> float:
     """Length-normalised answer probability P(y|x) = exp(-NLL(y|x)), the geometric mean token probability
-    (TOFU, Maini et al. 2024; REFERENCE.md section 2)."""
+    (TOFU, Maini et al. 2024; docs/metrics.md#probability)."""
     return math.exp(-stats.nll)
 
 
 @register_metric("probability_mc", inputs=("answer_group",))
 def probability_mc(group: AnswerGroupStatistics) -> float | None:
     """Multiple-choice normalised probability P_true / (P_true + sum_j P_wrong_j) over the answer and its
-    perturbed answers, each length-normalised (TOFU real authors / world facts; REFERENCE.md section 2); None
+    perturbed answers, each length-normalised (TOFU real authors / world facts; docs/metrics.md#probability_mc); None
     without perturbed answers."""
     if not group.perturbed:
         return None
@@ -102,7 +99,7 @@ def probability_mc(group: AnswerGroupStatistics) -> float | None:
 def truth_ratio(group: AnswerGroupStatistics) -> float | None:
     """Truth ratio R: geometric mean of the perturbed answers' length-normalised probabilities over that of the
     paraphrased answer (the answer itself where there is no paraphrase, as on TOFU's real authors and world
-    facts) (TOFU, Maini et al. 2024; REFERENCE.md section 2); None without perturbed answers."""
+    facts) (TOFU, Maini et al. 2024; docs/metrics.md#truth_ratio); None without perturbed answers."""
     if not group.perturbed:
         return None
     true = group.paraphrased if group.paraphrased is not None else group.answer
@@ -117,28 +114,28 @@ _ROUGE_PLAIN = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 @register_metric("rouge_l_recall", inputs=("generation", "answer"))
 def rouge_l_recall(prediction: str, reference: str) -> float:
     """ROUGE-L recall of `prediction` against `reference` with the Porter stemmer: LCS length / reference
-    length (TOFU convention, Maini et al. 2024; REFERENCE.md section 2)."""
+    length (TOFU convention, Maini et al. 2024; docs/metrics.md#rouge_l_recall)."""
     return float(_ROUGE_STEMMED.score(reference, prediction)["rougeL"].recall)
 
 
 @register_metric("rouge_l_f1", inputs=("generation", "answer"))
 def rouge_l_f1(prediction: str, reference: str) -> float:
     """ROUGE-L F1 of `prediction` against `reference` without stemming (MUSE convention, Shi et al. 2024;
-    REFERENCE.md section 2)."""
+    docs/metrics.md#rouge_l_f1)."""
     return float(_ROUGE_PLAIN.score(reference, prediction)["rougeL"].fmeasure)
 
 
 @register_metric("exact_memorization", inputs=("statistics",))
 def exact_memorization(stats: ItemStatistics) -> float:
     """Exact memorization EM = (1/|y|) sum_t 1[argmax_t == y_t] under teacher forcing (Tirumala et al. 2022;
-    REFERENCE.md section 2)."""
+    docs/metrics.md#exact_memorization)."""
     return float(stats.argmax_hits.mean())
 
 
 @register_metric("extraction_strength", inputs=("statistics",))
 def extraction_strength(stats: ItemStatistics, *, no_match: Literal["zero", "one_token"] = "zero") -> float:
     """Extraction strength ES = 1 - k*/|y|, k* the smallest k with argmax == y from position k to the end
-    (Carlini et al. 2021; Wang et al. 2025; REFERENCE.md section 2).
+    (Carlini et al. 2021; Wang et al. 2025; docs/metrics.md#extraction_strength).
 
     When not even the last token is reproduced, `no_match="zero"` (default, the definition: k* = |y|) gives 0;
     `no_match="one_token"` gives 1/|y|, as a reference implementation does whose search stops at k = |y| - 1.
@@ -157,14 +154,14 @@ def extraction_strength(stats: ItemStatistics, *, no_match: Literal["zero", "one
 @register_metric("loss", inputs=("statistics",))
 def loss(stats: ItemStatistics) -> float:
     """LOSS membership score: NLL(y|x), the mean token negative log-likelihood (Yeom et al. 2018;
-    REFERENCE.md section 3)."""
+    docs/metrics.md#loss)."""
     return stats.nll
 
 
 @register_metric("zlib", inputs=("statistics", "text"))
 def zlib(stats: ItemStatistics, text: str) -> float:
     """zlib membership score: NLL(y|x) / len(zlib.compress(text.encode("utf-8"))), `text` the prompt followed
-    by the answer (Carlini et al. 2021; REFERENCE.md section 3)."""
+    by the answer (Carlini et al. 2021; docs/metrics.md#zlib)."""
     return stats.nll / len(compress(text.encode("utf-8")))
 
 
@@ -179,7 +176,7 @@ def _lowest_fraction_mean(values: np.ndarray, k: float) -> float:
 @register_metric("min_k", inputs=("statistics",))
 def min_k(stats: ItemStatistics, *, k: float = 0.4) -> float:
     """Min-K% membership score: -(mean of the lowest fraction k of lp_t), at least one token; k = 0.4 as in the
-    TOFU / MUSE configs (Shi et al. 2024; REFERENCE.md section 3)."""
+    TOFU / MUSE configs (Shi et al. 2024; docs/metrics.md#min_k)."""
     return -_lowest_fraction_mean(stats.logprobs, k)
 
 
@@ -187,7 +184,7 @@ def min_k(stats: ItemStatistics, *, k: float = 0.4) -> float:
 def min_k_plus_plus(stats: ItemStatistics, *, k: float = 0.4) -> float:
     """Min-K%++ membership score: -(mean of the lowest fraction k of z_t = (lp_t - mu_t) / sigma_t), with mu_t,
     sigma_t the mean and standard deviation of log p under the model's next-token distribution at t (Zhang et
-    al. 2024; REFERENCE.md section 3). Needs `compute_item_statistics(..., distribution_stats=True)`.
+    al. 2024; docs/metrics.md#min_k_plus_plus). Needs `compute_item_statistics(..., distribution_stats=True)`.
 
     Where sigma_t = 0 (every token of the distribution's support is equally likely) z_t is taken as 0: the
     target is then exactly as likely as the mean token, no evidence either way.
@@ -206,6 +203,6 @@ def min_k_plus_plus(stats: ItemStatistics, *, k: float = 0.4) -> float:
 @register_metric("gradnorm", inputs=("gradient_norm",))
 def gradnorm(norm: float) -> float:
     """GradNorm membership score: the L2 norm of the gradient of the item's NLL with respect to the model's
-    parameters, batch size 1 (REFERENCE.md section 3); training items sit near a minimum, so a small norm looks
+    parameters, batch size 1 (docs/metrics.md#gradnorm); training items sit near a minimum, so a small norm looks
     like a member."""
     return norm

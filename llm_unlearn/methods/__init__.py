@@ -16,8 +16,10 @@ from llm_unlearn.methods import (
 from llm_unlearn.methods.base import (
     METHODS,
     MethodConfig,
+    MethodField,
     UnlearnMethod,
     UnlearnStep,
+    describe_method,
     get_method,
     register_method,
 )
@@ -27,9 +29,11 @@ __all__ = [
     "METHODS",
     "RETAIN_LOSSES",
     "MethodConfig",
+    "MethodField",
     "UnlearnMethod",
     "UnlearnStep",
     "ce_u",
+    "describe_method",
     "dpo",
     "get_method",
     "grad_ascent",

@@ -1,4 +1,4 @@
-"""CE-U: cross-entropy to the model's own distribution without the true token (Yang 2025, arXiv 2503.01224; REFERENCE.md section 1)."""
+"""CE-U: cross-entropy to the model's own distribution without the true token (Yang 2025, arXiv 2503.01224; docs/methods.md#ce_u)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from llm_unlearn.data.formatting import IGNORE_INDEX
 from llm_unlearn.methods.base import UnlearnStep, register_method
 from llm_unlearn.methods.logprobs import shift_for_next_token
-from llm_unlearn.methods.retain import ForgetRetainConfig, combine_with_retain
+from llm_unlearn.methods.retain import ForgetRetainConfig, alpha_field, combine_with_retain
 
 
 def target_positions(
@@ -48,10 +48,10 @@ def ce_u_target(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CEUConfig(ForgetRetainConfig):
-    """CE-U has no hyperparameters of its own; by default no retain term (alpha=0)."""
+    """CE-U: cross-entropy to the model's own distribution without the true token (Yang 2025, arXiv
+    2503.01224)."""
 
-    gamma: float = 1.0
-    alpha: float = 0.0
+    alpha: float = alpha_field(0.0)
 
 
 @register_method("ce_u", CEUConfig)

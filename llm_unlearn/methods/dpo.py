@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,11 +49,29 @@ def refusal_for(question: str) -> str:
 
 @dataclass
 class DPOConfig(ForgetRetainConfig):
-    """`preferred`: 'refusal' (IdkPO) or 'alternate' (the first entry of `alternate_field`)."""
+    """DPO on the forget set, preferring a refusal (IdkPO) or an alternate answer to the true one (Rafailov et
+    al. 2023; Maini et al. 2024)."""
 
-    beta: float = 0.1
-    preferred: str = "refusal"
-    alternate_field: str = "perturbed_answer"
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "Inverse temperature beta of L_DPO = -(2/beta) log sigmoid(beta * (log-ratio of the "
+            "preferred answer - log-ratio of the true one)) to the reference; > 0."
+        },
+    )
+    preferred: str = field(
+        default="refusal",
+        metadata={
+            "help": "The preferred answer: 'refusal', one of 20 varied refusals (IdkPO), or 'alternate', the "
+            "first entry of alternate_field."
+        },
+    )
+    alternate_field: str = field(
+        default="perturbed_answer",
+        metadata={
+            "help": "Forget-set column whose (first) entry is the preferred answer for preferred='alternate'."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,7 +105,7 @@ class DPOConfig(ForgetRetainConfig):
 def dpo_loss_from_logprobs(
     win: torch.Tensor, win_ref: torch.Tensor, lose: torch.Tensor, lose_ref: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """-(2/beta) * mean log sigmoid(beta * [(win - win_ref) - (lose - lose_ref)]) (REFERENCE.md section 1)."""
+    """-(2/beta) * mean log sigmoid(beta * [(win - win_ref) - (lose - lose_ref)]) (docs/methods.md#dpo)."""
     return -(2.0 / beta) * F.logsigmoid(beta * ((win - win_ref) - (lose - lose_ref))).mean()
 
 

@@ -1,22 +1,22 @@
-"""Gradient ascent: maximise the NLL of the forget answers (REFERENCE.md section 1, GradAscent)."""
+"""Gradient ascent: maximise the NLL of the forget answers (docs/methods.md#grad_ascent, GradAscent).
+
+It is GradDiff without the retain term, so it registers GradDiff's loss with alpha = 0 by default.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from llm_unlearn.methods.base import MethodConfig, UnlearnStep, register_method
-from llm_unlearn.methods.logprobs import sequence_nll
+from llm_unlearn.methods.base import register_method
+from llm_unlearn.methods.grad_diff import GradDiffConfig, grad_diff_loss
+from llm_unlearn.methods.retain import alpha_field
 
 
 @dataclass
-class GradAscentConfig(MethodConfig):
-    """GradAscent has no hyperparameters besides the learning rate."""
+class GradAscentConfig(GradDiffConfig):
+    """GradAscent: ascent on the NLL of the forget answers; GradDiff without its retain term by default."""
+
+    alpha: float = alpha_field(0.0)
 
 
-@register_method("grad_ascent", GradAscentConfig)
-def grad_ascent_loss(step: UnlearnStep, config: GradAscentConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = -NLL(forget), averaged over forget examples."""
-    forget_nll = sequence_nll(step.logits("forget"), step.labels("forget")).mean()
-    return -forget_nll, {"forget_nll": forget_nll.item()}
+register_method("grad_ascent", GradAscentConfig)(grad_diff_loss)

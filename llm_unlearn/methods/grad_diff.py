@@ -1,4 +1,4 @@
-"""Gradient difference: ascend on the forget set, descend on the retain set (REFERENCE.md section 1)."""
+"""Gradient difference: ascend on the forget set, descend on the retain set (docs/methods.md#graddiff)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from llm_unlearn.methods.retain import ForgetRetainConfig, combine_with_retain
 
 @dataclass
 class GradDiffConfig(ForgetRetainConfig):
-    """gamma weights the forget term, alpha the retain term; retain_loss is `nll` or `kl`."""
+    """GradDiff: gradient ascent on the forget set, descent on the retain set (docs/methods.md#graddiff)."""
 
 
 @register_method("graddiff", GradDiffConfig)

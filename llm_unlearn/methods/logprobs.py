@@ -39,7 +39,7 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """NLL(y|x) = -(1/|y|) sum_t lp_t per sequence, shape (B,) (REFERENCE.md, notation)."""
+    """NLL(y|x) = -(1/|y|) sum_t lp_t per sequence, shape (B,) (docs/methods.md#notation, notation)."""
     lp, mask = token_logprobs(logits, labels)
     return -lp.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
 

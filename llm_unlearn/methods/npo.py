@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,15 @@ from llm_unlearn.methods.retain import ForgetRetainConfig, combine_with_retain
 
 @dataclass
 class NPOConfig(ForgetRetainConfig):
-    """beta is the inverse temperature of the preference loss; gamma/alpha weight forget/retain terms."""
+    """NPO: negative preference optimization on the forget set (Zhang et al. 2024, arXiv 2404.05868)."""
 
-    beta: float = 0.1
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "Inverse temperature beta of L_NPO = -(2/beta) log sigmoid(-beta * (seqlogp(y) - "
+            "seqlogp_ref(y))); > 0."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -31,7 +37,7 @@ class NPOConfig(ForgetRetainConfig):
 def npo_loss_from_logprobs(
     seq_logprob: torch.Tensor, ref_seq_logprob: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """-(2/beta) * mean_i log sigmoid(-beta * (seqlogp_theta(y_i) - seqlogp_ref(y_i))) (REFERENCE.md section 1)."""
+    """-(2/beta) * mean_i log sigmoid(-beta * (seqlogp_theta(y_i) - seqlogp_ref(y_i))) (docs/methods.md#npo)."""
     return -(2.0 / beta) * F.logsigmoid(-beta * (seq_logprob - ref_seq_logprob)).mean()
 
 

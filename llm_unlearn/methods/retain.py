@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,7 +18,7 @@ def retain_nll(step: UnlearnStep) -> torch.Tensor:
 
 
 def retain_kl(step: UnlearnStep) -> torch.Tensor:
-    """Mean KL(p_ref || p_theta) over retain answer tokens (REFERENCE.md section 1, retain loss `kl`)."""
+    """Mean KL(p_ref || p_theta) over retain answer tokens (docs/methods.md#kl, retain loss `kl`)."""
     return sequence_kl(step.reference_logits("retain"), step.logits("retain"), step.labels("retain")).mean()
 
 
@@ -31,13 +32,38 @@ def check_retain_loss(name: str) -> str:
     return name
 
 
+def gamma_field(default: float = 1.0) -> Any:
+    """The `gamma` field of a `ForgetRetainConfig`, for a method that changes its default."""
+    return field(
+        default=default,
+        metadata={"help": "Weight gamma of the forget loss L_f in L = gamma * L_f + alpha * L_r."},
+    )
+
+
+def alpha_field(default: float = 1.0) -> Any:
+    """The `alpha` field of a `ForgetRetainConfig`, for a method that changes its default."""
+    return field(
+        default=default,
+        metadata={
+            "help": "Weight alpha of the retain loss L_r in L = gamma * L_f + alpha * L_r; 0 drops L_r and "
+            "reads no retain batch."
+        },
+    )
+
+
 @dataclass
 class ForgetRetainConfig(MethodConfig):
     """The combination L = gamma * L_f + alpha * L_r shared by most methods; alpha = 0 drops the retain term."""
 
-    gamma: float = 1.0
-    alpha: float = 1.0
-    retain_loss: str = "nll"
+    gamma: float = gamma_field()
+    alpha: float = alpha_field()
+    retain_loss: str = field(
+        default="nll",
+        metadata={
+            "help": "Retain loss L_r: 'nll', the NLL of the retain answers, or 'kl', KL(p_ref || p_theta) "
+            "over their tokens (needs the reference model)."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_retain_loss(self.retain_loss)

@@ -1,4 +1,4 @@
-"""Retain-only fine-tuning: plain NLL on the retain set, the forget set never seen (REFERENCE.md section 1).
+"""Retain-only fine-tuning: plain NLL on the retain set, the forget set never seen (docs/methods.md#retain_finetune).
 
 Started from the base model this is the exact-unlearning baseline (retraining without the forget data; the
 finetune recipe with `train_on: retain` does the same); started from the target it is the "fine-tune on the
@@ -17,7 +17,8 @@ from llm_unlearn.methods.logprobs import sequence_nll
 
 @dataclass
 class RetainFinetuneConfig(MethodConfig):
-    """No hyperparameters besides the learning rate."""
+    """Retain-only fine-tuning: plain NLL on the retain set, the forget set never seen (docs/methods.md#retain_finetune
+    section 1)."""
 
     @property
     def uses_retain(self) -> bool:

@@ -1,4 +1,4 @@
-"""RMU, representation misdirection for unlearning (Li et al. 2024, WMDP, arXiv 2403.03218; REFERENCE.md section 1).
+"""RMU, representation misdirection for unlearning (Li et al. 2024, WMDP, arXiv 2403.03218; docs/methods.md#rmu).
 
 At one decoder layer, forget activations are pushed towards a fixed random direction scaled by a steering
 coefficient, and retain activations are held at the reference model's; only a few weights train.
@@ -7,7 +7,7 @@ coefficient, and retain activations are held at the reference model's; only a fe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,15 +21,32 @@ MLP_OUTPUT_PROJECTIONS = ("down_proj", "c_proj", "dense_4h_to_h", "fc2")
 
 @dataclass
 class RMUConfig(MethodConfig):
-    """RMU hyperparameters (arXiv 2403.03218): hooked `layer`, steering coefficient c, retain weight alpha, the seed
-    of the random direction u, and `trainable_params`, a regex searched in parameter names (None: the MLP output
-    projections of decoder layers layer-2..layer, as in the reference run)."""
+    """RMU: steer forget activations at one layer to a random direction, hold retain ones (Li et al. 2024,
+    arXiv 2403.03218)."""
 
-    layer: int = 7
-    steering_coeff: float = 6.5
-    alpha: float = 1200.0
-    seed: int = 0
-    trainable_params: str | None = None
+    layer: int = field(
+        default=7, metadata={"help": "Index (from 0) of the decoder layer whose output both MSEs compare."}
+    )
+    steering_coeff: float = field(
+        default=6.5,
+        metadata={
+            "help": "Steering coefficient c: forget activations move towards c * u, u a random unit vector."
+        },
+    )
+    alpha: float = field(
+        default=1200.0,
+        metadata={"help": "Weight alpha of the retain MSE to the reference model's activations."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the random direction u, the same on every process."}
+    )
+    trainable_params: str | None = field(
+        default=None,
+        metadata={
+            "help": "Regex searched in parameter names to choose the weights that train; None: the MLP "
+            "output projections of layers layer-2..layer, as in the reference run."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.trainable_params is not None:

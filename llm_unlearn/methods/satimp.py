@@ -1,8 +1,8 @@
-"""SatImp: ascent with token weights p_t^beta1 (1-p_t)^beta2 (Yang et al. 2025, arXiv 2505.11953; REFERENCE.md section 1)."""
+"""SatImp: ascent with token weights p_t^beta1 (1-p_t)^beta2 (Yang et al. 2025, arXiv 2505.11953; docs/methods.md#satimp)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,10 +14,17 @@ from llm_unlearn.methods.wga import check_exponent, weighted_ascent_loss
 
 @dataclass
 class SatImpConfig(ForgetRetainConfig):
-    """beta1 and beta2 are the exponents of p_t and (1 - p_t) in the token weight; gamma/alpha weight L_f/L_r."""
+    """SatImp: gradient ascent with token weights p_t^beta1 (1-p_t)^beta2 (Yang et al. 2025, arXiv
+    2505.11953)."""
 
-    beta1: float = 5.0
-    beta2: float = 1.0
+    beta1: float = field(
+        default=5.0,
+        metadata={"help": "Exponent beta1 of p_t in the token weight p_t^beta1 (1-p_t)^beta2; >= 0."},
+    )
+    beta2: float = field(
+        default=1.0,
+        metadata={"help": "Exponent beta2 of (1-p_t) in the token weight p_t^beta1 (1-p_t)^beta2; >= 0."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

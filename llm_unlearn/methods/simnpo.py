@@ -1,26 +1,34 @@
-"""SimNPO: reference-free NPO on the length-normalised log-likelihood (REFERENCE.md section 1)."""
+"""SimNPO: reference-free NPO on the length-normalised log-likelihood (docs/methods.md#simnpo)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from llm_unlearn.methods.base import UnlearnStep, register_method
 from llm_unlearn.methods.logprobs import sequence_nll
-from llm_unlearn.methods.retain import ForgetRetainConfig, combine_with_retain
+from llm_unlearn.methods.retain import ForgetRetainConfig, combine_with_retain, gamma_field
 
 
 @dataclass
 class SimNPOConfig(ForgetRetainConfig):
-    """beta scales the length-normalised log-likelihood, delta is the margin; gamma/alpha weight L_f/L_r."""
+    """SimNPO: reference-free NPO on the length-normalised log-likelihood (Fan et al. 2024, arXiv
+    2410.07163)."""
 
-    beta: float = 4.5
-    delta: float = 0.0
-    gamma: float = 0.125
-    alpha: float = 1.0
+    beta: float = field(
+        default=4.5,
+        metadata={
+            "help": "Inverse temperature beta of L_f = -(2/beta) log sigmoid(-beta * seqlogp(y)/|y| - delta)"
+            "; > 0."
+        },
+    )
+    delta: float = field(
+        default=0.0, metadata={"help": "Reward margin delta in the sigmoid of L_f (the paper's gamma)."}
+    )
+    gamma: float = gamma_field(0.125)
 
     def __post_init__(self) -> None:
         super().__post_init__()

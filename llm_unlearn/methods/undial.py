@@ -1,15 +1,15 @@
-"""UNDIAL: self-distillation on reference logits with the true token lowered (Dong et al. 2024, arXiv 2402.10052; REFERENCE.md section 1)."""
+"""UNDIAL: self-distillation on reference logits with the true token lowered (Dong et al. 2024, arXiv 2402.10052; docs/methods.md#undial)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from llm_unlearn.methods.base import UnlearnStep, register_method
 from llm_unlearn.methods.ce_u import mean_per_sequence, soft_cross_entropy, softmax_in_place, target_positions
-from llm_unlearn.methods.retain import ForgetRetainConfig, combine_with_retain
+from llm_unlearn.methods.retain import ForgetRetainConfig, alpha_field, combine_with_retain
 
 
 def undial_target_(reference_logits: torch.Tensor, targets: torch.Tensor, beta: float) -> torch.Tensor:
@@ -20,11 +20,17 @@ def undial_target_(reference_logits: torch.Tensor, targets: torch.Tensor, beta: 
 
 @dataclass
 class UNDIALConfig(ForgetRetainConfig):
-    """beta is how far the true token's reference logit is lowered; by default no retain term (alpha=0)."""
+    """UNDIAL: self-distillation on reference logits with the true token lowered (Dong et al. 2024, arXiv
+    2402.10052)."""
 
-    beta: float = 10.0
-    gamma: float = 1.0
-    alpha: float = 0.0
+    beta: float = field(
+        default=10.0,
+        metadata={
+            "help": "How far the true token's reference logit is lowered: the target is softmax(z_ref - "
+            "beta * onehot(y)); >= 0."
+        },
+    )
+    alpha: float = alpha_field(0.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,9 +1,9 @@
-"""WGA: gradient ascent with token weights p_t^beta (Wang et al. 2025, arXiv 2502.19301; REFERENCE.md section 1)."""
+"""WGA: gradient ascent with token weights p_t^beta (Wang et al. 2025, arXiv 2502.19301; docs/methods.md#wga)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,9 +35,14 @@ def weighted_ascent_loss(
 
 @dataclass
 class WGAConfig(ForgetRetainConfig):
-    """beta is the exponent of the token weight p_t^beta; gamma/alpha weight L_f/L_r."""
+    """WGA: gradient ascent with token weights p_t^beta (Wang et al. 2025, arXiv 2502.19301)."""
 
-    beta: float = 1.0
+    beta: float = field(
+        default=1.0,
+        metadata={
+            "help": "Exponent beta of the token weight p_t^beta (no gradient through it); 0 is plain ascent."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,4 +1,4 @@
-"""What every robustness attack shares (REFERENCE.md section 4): the context it runs in, the registry of named
+"""What every robustness attack shares (docs/attacks.md#how-attacks-run): the context it runs in, the registry of named
 attacks with their default parameters, re-measuring splits against the main eval's baseline on the same items,
 and putting the model back exactly as it was."""
 
@@ -14,6 +14,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
+from llm_unlearn.registry import Registry
 
 # Re-measures the given splits with the suite's metrics; the same shape as `AttackContext.baseline`.
 Evaluate = Callable[[PreTrainedModel, Mapping[str, Dataset]], dict[str, dict]]
@@ -61,7 +62,7 @@ class Attack:
     params: dict
 
 
-ATTACKS: dict[str, Attack] = {}
+ATTACKS: Registry[Attack] = Registry("attack")
 
 
 def register_attack(name: str, **default_params: Any) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
@@ -69,9 +70,7 @@ def register_attack(name: str, **default_params: Any) -> Callable[[Callable[...,
     Stacking the decorator registers one function under several names (e.g. one per bit width)."""
 
     def decorate(fn: Callable[..., dict]) -> Callable[..., dict]:
-        if name in ATTACKS:
-            raise ValueError(f"an attack named {name!r} is already registered.")
-        ATTACKS[name] = Attack(name=name, fn=fn, params=dict(default_params))
+        ATTACKS.register(name, Attack(name=name, fn=fn, params=dict(default_params)))
         return fn
 
     return decorate
@@ -79,9 +78,7 @@ def register_attack(name: str, **default_params: Any) -> Callable[[Callable[...,
 
 def get_attack(name: str) -> Attack:
     """Return the registered attack `name`, or raise ValueError listing the known ones."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known attacks are {sorted(ATTACKS)}.")
-    return ATTACKS[name]
+    return ATTACKS.get(name)
 
 
 def _check_override(attack: Attack, param: str, value: Any) -> None:
@@ -114,7 +111,7 @@ def attack_params(name: str, **overrides: Any) -> dict:
 
 def run_attack(name: str, context: AttackContext, **overrides: Any) -> dict:
     """Run attack `name` on `context` with its default parameters updated by `overrides`; return
-    `{"description", "params", "splits", "baseline", ...}` with aggregates per split (REFERENCE.md section 4)."""
+    `{"description", "params", "splits", "baseline", ...}` with aggregates per split (docs/attacks.md#how-attacks-run)."""
     params = attack_params(name, **overrides)
     result = get_attack(name).fn(context, **params)
     return {"description": result.pop("description"), "params": params, **result}
