@@ -63,7 +63,7 @@ def main() -> None:
     from llm_unlearn.commands import sisa as sisa_recipe
     from llm_unlearn.data.loading import load_records
     from llm_unlearn.models import load_model_and_tokenizer
-    from llm_unlearn.sisa import load_sisa_ensemble
+    from llm_unlearn.sisa.delete import delete
 
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="llm_unlearn_sisa_bench."))
     common = ["--model_name_or_path", args.model, "--overwrite", "true", "--disable_tqdm", "true"]
@@ -105,15 +105,15 @@ def main() -> None:
     for name, (single_dir, _) in singles.items():
         model, tokenizer = load_model_and_tokenizer(str(single_dir))
         utility[name] = evaluate(model, tokenizer, splits, args.max_new_tokens)
-    model, tokenizer = load_sisa_ensemble(sisa_dir)
+    model, tokenizer = load_model_and_tokenizer(str(sisa_dir))
     utility["SISA ensemble"] = evaluate(model, tokenizer, splits, args.max_new_tokens)
     del model
 
     started = time.perf_counter()
-    sisa_recipe.delete_subjects(sisa_dir, [args.subject])
+    delete(sisa_dir, [args.subject])
     delete_wall = time.perf_counter() - started
     deletion = json.loads((sisa_dir / "sisa.json").read_text())["deletions"][-1]
-    model, tokenizer = load_sisa_ensemble(sisa_dir)
+    model, tokenizer = load_model_and_tokenizer(str(sisa_dir))
     utility[f"SISA after deleting {args.subject}"] = evaluate(model, tokenizer, splits, args.max_new_tokens)
 
     costs = {

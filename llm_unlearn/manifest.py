@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_unlearn.models import EMBEDDED, embedded_checkpoint
+from llm_unlearn.embedded import EMBEDDED, embedded_checkpoint
 
 CHUNK_BYTES = 8 * 1024 * 1024
 RECORD_FILES = ("run.json", "manifest.json")

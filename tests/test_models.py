@@ -14,7 +14,7 @@ from conftest import build_tiny_tokenizer
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from llm_unlearn import models
+from llm_unlearn import embedded, models
 from llm_unlearn.models import ModelLoadError, hub_commit, load_model_and_tokenizer
 from llm_unlearn.run_record import input_revisions
 
@@ -106,7 +106,7 @@ def test_peft_config_wraps_only_adapters_trainable(tiny_model_dir):
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LLM_UNLEARN_CACHE", str(tmp_path))
-    assert models.cache_dir() == tmp_path
+    assert embedded.cache_dir() == tmp_path
 
 
 def test_a_saved_adapter_names_the_base_as_the_loader_was_given_it(tiny_model_dir, tmp_path, monkeypatch):
@@ -223,7 +223,7 @@ def write_tiny_gguf(path: Path) -> dict[str, np.ndarray]:
 
 
 def assert_plain_trainable_float_model(path, tmp_path) -> None:
-    model, tokenizer = models.load_gguf(path)
+    model, tokenizer = embedded.load_gguf(path)
     assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
     assert getattr(model.config, "quantization_config", None) is None
     assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
@@ -250,7 +250,7 @@ def test_a_gguf_file_loads_as_a_plain_float_model(tmp_path):
 def test_the_embedded_gguf_file_loads_the_same_through_gguf_config(tmp_path):
     pytest.importorskip("gguf")
     try:
-        path = models.embedded_gguf_path()
+        path = embedded.embedded_gguf_path()
     except ModelLoadError as error:
         pytest.skip(str(error))
     assert_plain_trainable_float_model(path, tmp_path)

@@ -5,18 +5,21 @@ passes, generation and evaluate_splits run on unchanged."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import shutil
 from datetime import datetime
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
 from conftest import build_tiny_llama, sharpen
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, Trainer
 
 from llm_unlearn import cli, compat
 from llm_unlearn.commands import sisa as recipe
@@ -30,12 +33,14 @@ from llm_unlearn.sisa import (
     ShardEnsembleCache,
     ShardEnsembleForCausalLM,
     adapter_sha256,
+    base_model_kwargs,
     causal_lm_loss,
-    load_sisa_ensemble,
     plan_shards,
     shard_adapter_from_peft,
     shard_dir,
 )
+from llm_unlearn.sisa.delete import delete
+from llm_unlearn.sisa.train import SisaArguments
 
 # Six subjects of different sizes; s-f, the smallest, is placed last by the plan.
 SUBJECT_SIZES = {"s-a": 4, "s-b": 3, "s-c": 3, "s-d": 2, "s-e": 2, "s-f": 1}
@@ -59,12 +64,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def train(model_dir: str, data: str, out: Path) -> Path:
+def train(model: str, data: str, out: Path, *options: str) -> Path:
+    """Train SISA as `llm-unlearn sisa` does, from its command line (with `options` added)."""
     args = [
-        "--model_name_or_path", model_dir, "--dataset", data, "--output_dir", str(out),
+        "--model_name_or_path", model, "--dataset", data, "--output_dir", str(out),
         "--num_shards", "2", "--num_slices", "2", "--use_peft", "true", "--lora_r", "2",
         "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "0.01", "--num_train_epochs", "3",
         "--per_device_train_batch_size", "2", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
+        *options,
     ]  # fmt: skip
     return recipe.main(*recipe.make_parser().parse_args_and_config(args))
 
@@ -115,8 +122,11 @@ def test_plan_is_deterministic_balanced_and_seeded():
         plan_shards(SUBJECT_SIZES, num_shards=2, num_slices=4, seed=0)
 
 
-def test_training_records_the_plan_stages_and_checkpoint_hashes(trained, data_file):
+def test_training_records_the_plan_stages_and_checkpoint_hashes(trained, data_file, tiny_model_dir):
     record = read_record(trained)
+    # A local base has no Hub commit to pin.
+    assert record["base_model"] == str(Path(tiny_model_dir).resolve()) and record["base_commit"] is None
+    assert record["base_revision"] == "main" and record["trust_remote_code"] is False
     assert record["num_shards"] == 2 and record["num_slices"] == 2 and record["stage_epochs"] == 2
     assert set(record["subjects"]) == set(SUBJECT_SIZES) and record["deletions"] == []
     rows = qa_rows(SUBJECT_SIZES)
@@ -157,7 +167,7 @@ def test_deletion_retrains_only_the_affected_shard_from_the_slice_checkpoint(run
     fingerprints = before["subjects"][subject]["example_fingerprints"]
     assert set(fingerprints) <= set(before["shards"][shard]["slices"][1]["example_fingerprints"])
 
-    entry = recipe.delete_subjects(run_copy, [subject])
+    entry = delete(run_copy, [subject])
 
     after = read_record(run_copy)
     hashes_after = disk_hashes(run_copy)
@@ -186,12 +196,12 @@ def test_deletion_retrains_only_the_affected_shard_from_the_slice_checkpoint(run
     assert "Exact unlearning" in entry["guarantee"]
 
     # Running the same deletion again does nothing; an unknown id is refused with what is known.
-    assert recipe.delete_subjects(run_copy, [subject]) is None
+    assert delete(run_copy, [subject]) is None
     assert read_record(run_copy) == after and disk_hashes(run_copy) == hashes_after
     with pytest.raises(
         ValueError, match=rf"unknown subject id\(s\) \['nobody'\].*deleted before: \['{subject}'\]"
     ):
-        recipe.delete_subjects(run_copy, ["nobody"])
+        delete(run_copy, ["nobody"])
 
 
 def test_deletion_equals_training_without_the_subject(tiny_model_dir, run_copy, tmp_path):
@@ -200,7 +210,7 @@ def test_deletion_equals_training_without_the_subject(tiny_model_dir, run_copy, 
     places = {s: (e["shard"], e["slice"]) for s, e in read_record(run_copy)["subjects"].items() if s != "s-f"}
     assert places == {s: (e["shard"], e["slice"]) for s, e in read_record(without)["subjects"].items()}
 
-    recipe.delete_subjects(run_copy, ["s-f"])
+    delete(run_copy, ["s-f"])
 
     # Bit for bit: every checkpoint of every shard is the one that training without s-f produces.
     assert disk_hashes(run_copy) == disk_hashes(without)
@@ -213,9 +223,9 @@ def test_the_cli_deletes_and_an_interrupted_deletion_leaves_the_run_intact(run_c
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe, "train_shard", killed)
+    monkeypatch.setattr(Trainer, "train", killed)
     with pytest.raises(KeyboardInterrupt):
-        recipe.delete_subjects(run_copy, ["s-a"])
+        delete(run_copy, ["s-a"])
     assert read_record(run_copy) == before and disk_hashes(run_copy) == hashes
     assert sorted(path.name for path in (run_copy / "shards").iterdir()) == ["shard-0", "shard-1"]
     monkeypatch.undo()
@@ -231,19 +241,90 @@ def test_a_changed_adapter_is_refused_when_loading(run_copy):
     weights = shard_dir(run_copy, 1) / "slice-1" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(ValueError, match=r"shard 1's served adapter .* does not match the hash in sisa.json"):
-        load_sisa_ensemble(run_copy)
+        load_model_and_tokenizer(str(run_copy))
 
 
 def test_sisa_refuses_forget_selectors_and_data_without_subjects(tiny_model_dir, tmp_path):
     with pytest.raises(
         ValueError, match=r"\['forget_subjects'\] do not apply; delete subjects after training"
     ):
-        recipe.SisaScriptArguments(forget_subjects=["s-a"])
+        SisaArguments(forget_subjects=["s-a"])
     rows = [
         {**row, "subject_id": None} if index == 2 else row for index, row in enumerate(qa_rows(SUBJECT_SIZES))
     ]
     with pytest.raises(ValueError, match=r"1 row\(s\) have no subject_id, e.g. row 2"):
         train(tiny_model_dir, write_jsonl(tmp_path / "qa.jsonl", rows), tmp_path / "out")
+
+
+# Two commits of one Hub model with different weights; the branch `main` has moved on to the second.
+PINNED, HEAD = hashlib.sha1(b"pinned").hexdigest(), hashlib.sha1(b"head").hexdigest()
+
+
+@pytest.fixture
+def hub_snapshots(tmp_path, tiny_tokenizer, monkeypatch) -> dict[str, dict[str, torch.Tensor]]:
+    """An offline Hub cache holding `org/tiny` at commits PINNED and HEAD (refs/main names HEAD), each a tiny
+    Llama of its own seed; returns each commit's weights."""
+    repo = tmp_path / "hub" / "models--org--tiny"
+    weights = {}
+    for seed, commit in enumerate((PINNED, HEAD)):
+        model = build_tiny_llama(tiny_tokenizer, seed=seed)
+        model.save_pretrained(repo / "snapshots" / commit)
+        tiny_tokenizer.save_pretrained(repo / "snapshots" / commit)
+        weights[commit] = model.state_dict()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HEAD)
+    # huggingface_hub reads the environment once, at import, into the constants it reads when called: set both.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return weights
+
+
+def same_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> bool:
+    return state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_a_deletion_retrains_on_the_pinned_revision_of_a_hub_base(
+    hub_snapshots, data_file, tmp_path, monkeypatch
+):
+    assert not same_weights(hub_snapshots[PINNED], hub_snapshots[HEAD])
+    run = train("org/tiny", data_file, tmp_path / "run", "--model_revision", PINNED)
+    record = read_record(run)
+    assert (record["base_model"], record["base_revision"], record["base_commit"]) == ("org/tiny", PINNED, PINNED)
+    assert record["trust_remote_code"] is False
+
+    # Every base model that transformers loads from the cache, with the revision it was asked for.
+    loads = []
+    from_pretrained = AutoModelForCausalLM.from_pretrained
+
+    def recording(source, *args, **kwargs):
+        model = from_pretrained(source, *args, **kwargs)
+        loads.append((source, kwargs.get("revision"), copy.deepcopy(model.state_dict())))
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    subject = next(s for s, e in record["subjects"].items() if e["slice"] == 1)
+    entry = delete(run, [subject])
+    assert [shard["retrained_slices"] for shard in entry["retrained"]] == [[1]]
+    # The retrained shard trained on the commit the others were trained on, not on the branch's head.
+    ((source, revision, weights),) = loads
+    assert (source, revision) == ("org/tiny", PINNED) and same_weights(weights, hub_snapshots[PINNED])
+
+    # The ensemble runs its shards on that commit too.
+    ensemble, _ = load_model_and_tokenizer(str(run))
+    assert same_weights(ensemble.base.state_dict(), hub_snapshots[PINNED])
+    assert [load[:2] for load in loads] == [("org/tiny", PINNED)] * 2
+
+
+def test_the_recorded_commit_pins_the_base_and_a_run_recorded_before_the_pin_loads_it_by_name():
+    pinned = {"base_model": "org/tiny", "base_revision": "main", "base_commit": PINNED, "trust_remote_code": True}
+    assert base_model_kwargs(pinned) == {"name_or_path": "org/tiny", "revision": PINNED, "trust_remote_code": True}
+    assert base_model_kwargs({"base_model": "org/tiny"}) == {
+        "name_or_path": "org/tiny",
+        "revision": None,
+        "trust_remote_code": False,
+    }
 
 
 # The ensemble, on hand-made shard adapters of a sharpened tiny model (so that shards disagree).
@@ -424,10 +505,9 @@ def test_eval_passes_on_the_ensemble_agree_with_the_shard_models(shard_models, t
 
 
 def test_a_sisa_dir_loads_as_the_ensemble_of_its_served_adapters(trained, data_file):
-    ensemble, tokenizer = load_sisa_ensemble(trained)
-    assert isinstance(ensemble, ShardEnsembleForCausalLM) and len(ensemble.shards) == 2
     # The one model loader recognises a SISA directory, so every recipe and the eval suite serve the ensemble.
-    assert isinstance(load_model_and_tokenizer(str(trained))[0], ShardEnsembleForCausalLM)
+    ensemble, tokenizer = load_model_and_tokenizer(str(trained))
+    assert isinstance(ensemble, ShardEnsembleForCausalLM) and len(ensemble.shards) == 2
     # Each shard as PEFT itself loads and merges its served adapter.
     merged = [load_model_and_tokenizer(str(shard_dir(trained, i) / "slice-1"))[0].eval() for i in range(2)]
     input_ids = torch.tensor([tokenizer("What is fact 1 about s-a?", add_special_tokens=False)["input_ids"]])

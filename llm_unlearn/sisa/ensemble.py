@@ -1,154 +1,25 @@
-"""SISA, exact unlearning with sharded LoRA adapters (Bourtoule et al. 2021, arXiv 1912.03817; REFERENCE.md
-section 5): the plan that puts each training subject into one of k shards and one of r slices, the layout of a
-SISA directory, and the ensemble that serves it.
-
-Each shard trains its own LoRA adapter on the shared frozen base, one slice at a time, with a checkpoint after
-each slice. The served model averages the shard models' next-token probabilities. Deleting a subject retrains
-only its shard, from the checkpoint taken before the subject's slice (`llm_unlearn.commands.sisa`). A SISA
-directory holds:
-
-    sisa.json                     the plan, the checkpoints' content hashes, the training costs, the deletions
-    shards/shard-<i>/init/        shard i's adapter before any training
-    shards/shard-<i>/slice-<j>/   shard i's adapter after training on slices 0..j (the last one is served)
-    tokenizer files               the base model's tokenizer
-"""
+"""The SISA ensemble (Bourtoule et al. 2021, arXiv 1912.03817): k shard models, each the shared frozen base with
+its shard's LoRA adapter, served as one causal LM whose next-token distribution is the mean of theirs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
-from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_unlearn import compat
 from llm_unlearn.methods.logprobs import token_logprobs
-
-SISA_FILE = "sisa.json"
-SISA_FORMAT = "llm_unlearn.sisa/1"
-SHARDS_DIR = "shards"
-INIT_CHECKPOINT = "init"
-# The files that make an adapter checkpoint; PEFT's README.md beside them is a generated card, not weights.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def plan_shards(
-    subject_counts: Mapping[str, int], num_shards: int, num_slices: int, seed: int
-) -> dict[str, tuple[int, int]]:
-    """Assign each subject to a (shard, slice): deterministic for a given `seed`, with shards balanced by
-    example count and each shard's slices balanced in turn (largest subject first into the lightest bin).
-
-    Bourtoule et al. shard uniformly at random; balancing whole subjects by example count keeps every shard's
-    training, and so the cost of any deletion, at about 1/k of the total."""
-    if num_shards < 1 or num_slices < 1:
-        raise ValueError(f"num_shards and num_slices must be at least 1, got {num_shards} and {num_slices}.")
-    if len(subject_counts) < num_shards * num_slices:
-        needed = num_shards * num_slices
-        raise ValueError(
-            f"{num_shards} shards x {num_slices} slices need at least {needed} subjects (one per slice), but "
-            f"the data has {len(subject_counts)}; lower num_shards or num_slices."
-        )
-    # Largest subjects first; between equal counts a seeded hash of the id decides, so a subject's place in
-    # the order does not depend on which other subjects are in the data.
-    order = sorted(
-        subject_counts,
-        key=lambda subject: (
-            -subject_counts[subject],
-            hashlib.sha256(f"{seed}\0{subject}".encode()).hexdigest(),
-        ),
-    )
-    shard_of = _fill_lightest(order, subject_counts, num_shards)
-    plan = {}
-    for shard in range(num_shards):
-        members = [subject for subject in order if shard_of[subject] == shard]
-        for subject, slice_index in _fill_lightest(members, subject_counts, num_slices).items():
-            plan[subject] = (shard, slice_index)
-    return plan
-
-
-def _fill_lightest(order: Sequence[str], counts: Mapping[str, int], bins: int) -> dict[str, int]:
-    """Put each subject, in `order`, into the bin with the fewest examples so far (lowest index on ties)."""
-    loads = [0] * bins
-    placed = {}
-    for subject in order:
-        target = min(range(bins), key=lambda index: (loads[index], index))
-        placed[subject] = target
-        loads[target] += counts[subject]
-    return placed
-
-
-def shard_dir(root: str | os.PathLike, shard: int) -> Path:
-    """The directory of shard `shard`'s checkpoints."""
-    return Path(root) / SHARDS_DIR / f"shard-{shard}"
-
-
-def checkpoint_name(slice_index: int) -> str:
-    """The name of the checkpoint taken after training on slices 0..`slice_index` (-1: before any slice)."""
-    return INIT_CHECKPOINT if slice_index < 0 else f"slice-{slice_index}"
-
-
-def adapter_sha256(directory: str | os.PathLike) -> str:
-    """A content hash of the adapter checkpoint in `directory`: sha256 over its config and weight files."""
-    digest = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        file_digest = hashlib.sha256()
-        with open(Path(directory) / name, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                file_digest.update(chunk)
-        digest.update(f"{name}\0{file_digest.hexdigest()}\n".encode())
-    return digest.hexdigest()
-
-
-def ensemble_sha256(shard_hashes: Iterable[str]) -> str:
-    """A content id of a served ensemble: sha256 over its shards' adapter hashes, in shard order."""
-    return hashlib.sha256("\n".join(shard_hashes).encode()).hexdigest()
-
-
-def is_sisa_dir(path: str | os.PathLike) -> bool:
-    """Whether `path` is a SISA directory (it holds sisa.json)."""
-    return (Path(path) / SISA_FILE).is_file()
-
-
-def read_sisa_record(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a SISA directory's sisa.json, checking that it is one."""
-    file = Path(path) / SISA_FILE
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a SISA directory: it has no {SISA_FILE}; train one with "
-            "`llm-unlearn sisa`."
-        )
-    record = json.loads(file.read_text(encoding="utf-8"))
-    if record.get("format") != SISA_FORMAT:
-        raise ValueError(f"{file}: format {record.get('format')!r} is not {SISA_FORMAT!r}.")
-    return record
-
-
-def served_checkpoints(path: str | os.PathLike, record: Mapping[str, Any]) -> list[Path]:
-    """The checkpoint each shard serves (after its last slice), after checking it against sisa.json's hash."""
-    last = checkpoint_name(record["num_slices"] - 1)
-    directories = []
-    for shard in record["shards"]:
-        directory = shard_dir(path, shard["index"]) / last
-        found = adapter_sha256(directory) if all((directory / n).is_file() for n in ADAPTER_FILES) else None
-        if found != shard["checkpoints"][last]:
-            raise ValueError(
-                f"shard {shard['index']}'s served adapter {str(directory)!r} does not match the hash in "
-                f"{SISA_FILE} (found {found}); a deletion was interrupted or the files were changed. Run the "
-                "deletion again (`llm-unlearn sisa --output_dir DIR --delete_subjects ...`) to finish it."
-            )
-        directories.append(directory)
-    return directories
+from llm_unlearn.sisa.record import read_sisa_record, served_checkpoints
 
 
 def _add_low_rank_update(
@@ -317,7 +188,7 @@ class ShardEnsembleCache(Cache):
 
 class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
     """A causal LM whose next-token distribution is the mean of its shard models' distributions:
-    p(y | x) = (1/k) sum_i p_i(y | x) (SISA's aggregation by averaging; REFERENCE.md section 5).
+    p(y | x) = (1/k) sum_i p_i(y | x) (SISA's aggregation by averaging).
 
     `logits` are log p(y | x), so their log-softmax (or logsumexp normalisation) gives the ensemble's
     log-probabilities unchanged, and argmax, greedy decoding and sampling act on the ensemble's distribution.
@@ -402,21 +273,17 @@ class ShardEnsembleForCausalLM(PreTrainedModel, GenerationMixin):
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
         """Refused: as one checkpoint the ensemble would reload as its base model alone."""
         raise TypeError(
-            "a shard ensemble is stored as its SISA directory (sisa.json and shards/); copy or push that "
-            "directory, which load_model_and_tokenizer loads back as the ensemble."
+            "a shard ensemble is stored as its SISA directory (sisa.json and shards/); copy that directory, "
+            "which llm_unlearn.models.load_model_and_tokenizer loads back as the ensemble."
         )
 
 
-def load_sisa_ensemble(
-    path: str | os.PathLike, *, dtype: str = "float32"
-) -> tuple[ShardEnsembleForCausalLM, PreTrainedTokenizerBase]:
-    """Load a SISA directory as a `ShardEnsembleForCausalLM` on its base model (loaded once) and the base's
-    tokenizer, after checking every served adapter against the hashes in sisa.json."""
-    from llm_unlearn.models import load_model_and_tokenizer
-
+def load_ensemble(path: str | os.PathLike, base: PreTrainedModel) -> ShardEnsembleForCausalLM:
+    """The SISA directory `path` as a `ShardEnsembleForCausalLM` on `base`, after checking every served adapter
+    against the hashes in sisa.json. `base` must be the run's base model as sisa.json records it
+    (`llm_unlearn.sisa.base_model_kwargs`); it becomes the ensemble's base, not a copy."""
     record = read_sisa_record(path)
     checkpoints = served_checkpoints(path, record)
-    base, tokenizer = load_model_and_tokenizer(record["base_model"], dtype=dtype)
     names = [f"shard-{shard['index']}" for shard in record["shards"]]
     peft_model = PeftModel.from_pretrained(base, str(checkpoints[0]), adapter_name=names[0])
     for name, checkpoint in zip(names[1:], checkpoints[1:], strict=True):
@@ -427,4 +294,4 @@ def load_sisa_ensemble(
     ]
     model = ShardEnsembleForCausalLM(peft_model.unload(), shards)
     model.name_or_path = str(path)
-    return model.eval(), tokenizer
+    return model.eval()
