@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from datasets import Dataset
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, encode_text, format_qa
 from llm_unlearn.evaluation import (
     EvalConfig,
+    EvalResult,
     ItemStatistics,
     compute_item_statistics,
     evaluate_splits,
@@ -30,6 +32,7 @@ from llm_unlearn.evaluation import (
 )
 from llm_unlearn.evaluation import evaluator as evaluator_module
 from llm_unlearn.evaluation import statistics as statistics_module
+from llm_unlearn.evaluation.results import EvalFileError, EvalResultBuilder, utility_change
 
 QA = [
     ("Where was Ada Lovelace born?", "Ada Lovelace was born in London."),
@@ -329,6 +332,77 @@ def test_evaluate_splits_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
 
     path = save_eval(result, tmp_path / "eval" / "result.json")
     assert load_eval(path) == json.loads(json.dumps(result)) == result
+    read = load_eval(path)
+    assert read.split_names() == ["forget", "retain"] and read.num_items("forget") == 3
+    assert read.mean("retain", "rouge_l_f1") == result["splits"]["retain"]["aggregates"]["rouge_l_f1"]["mean"]
+
+
+def _shape(value: Any) -> Any:
+    """The keys of a JSON document, nested: what a reader relies on, without the numbers."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value[:1]]
+    return None
+
+
+def test_the_builder_writes_what_the_evaluator_writes(tiny_model, tiny_tokenizer):
+    """Test fixtures are built with EvalResultBuilder: from the evaluator's numbers it writes the evaluator's
+    document, key for key, and the same numbers by name."""
+    rows = [
+        {"question": q, "answer": a, "paraphrased_answer": a.upper(), "perturbed_answer": ["No.", "Maybe."]}
+        for q, a in QA
+    ]
+    splits = {"forget": Dataset.from_list(rows[:3]), "holdout": Dataset.from_list(rows[3:])}
+    config = EvalConfig(
+        metrics=("probability", "truth_ratio"),
+        mia={"members": "forget", "nonmembers": "holdout", "scores": ["loss", "loss_minus_reference"]},
+    )
+    result = EvalResult(evaluate_splits(tiny_model, tiny_tokenizer, splits, config))
+    builder = EvalResultBuilder(config=result["config"])
+    for split in result.split_names():
+        aggregates = {metric: result.metric(split, metric) for metric in result.metric_names(split)}
+        builder.split(split, aggregates, items=result.split_items(split))
+    for name in result.summary_names():
+        fields = {key: value for key, value in result.summary_fields(name).items() if key != "reason"}
+        builder.summary(name, reason=result.summary(name).reason, **fields)
+    built = builder.mia(*result.mia_splits, result.mia_aucs()).build()
+    assert _shape(built.to_dict()) == {**_shape(result.to_dict()), "timing": {}}
+    assert built.names() == result.names()
+    assert built.row() == pytest.approx(result.row(), nan_ok=True)
+
+
+def test_eval_results_by_name_row_utility_change_and_bad_files(tmp_path):
+    def built(retain: float, forget: float, utility: float | None) -> EvalResult:
+        builder = (
+            EvalResultBuilder(config={"forget_split": "forget"})
+            .split("forget", {"probability": forget}, num_items=2)
+            .split("retain", {"probability": retain, "truth_ratio_stat": 0.5}, num_items=2)
+            .split("holdout", {"probability": 0.1}, num_items=2)
+            .mia("forget", "holdout", {"loss": 0.75})
+        )
+        if utility is None:
+            return builder.summary("model_utility", None, reason="no retain split").build()
+        return builder.summary("model_utility", utility).build()
+
+    target, unlearned = built(0.8, 0.9, 0.6), built(0.7, 0.2, None)
+    assert unlearned.measure("model_utility").reason == "no retain split"
+    assert unlearned.row() == pytest.approx(
+        {"forget/probability": 0.2, "retain/probability": 0.7, "retain/truth_ratio_stat": 0.5,
+         "holdout/probability": 0.1, "mia/loss": 0.75, "suite/model_utility": math.nan},
+        nan_ok=True,
+    )  # fmt: skip
+    # Neither the forget split nor the nonmembers count as utility; a value not computed is left out.
+    assert utility_change(target, unlearned) == {
+        "retain/probability": {"before": 0.8, "after": 0.7},
+        "retain/truth_ratio_stat": {"before": 0.5, "after": 0.5},
+    }
+    bad = tmp_path / "eval.json"
+    bad.write_text(json.dumps({"splits": {"forget": {"aggregates": {"probability": {"mean": "high"}}}}}))
+    with pytest.raises(EvalFileError, match=rf"{bad}: splits.forget.aggregates.probability is 'high'"):
+        load_eval(bad)
+    with pytest.raises(FileNotFoundError, match=r"nope.json does not exist; `llm-unlearn eval"):
+        load_eval(tmp_path / "nope.json")
 
 
 def test_only_the_passes_the_metrics_need_are_run(tiny_model, tiny_tokenizer, monkeypatch):

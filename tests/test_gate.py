@@ -15,32 +15,30 @@ import pytest
 import yaml
 
 from llm_unlearn import cli
-from llm_unlearn.evaluation.gate import GRAMMAR, Check, GateArguments, gate, parse_check
+from llm_unlearn.evaluation.gate import GRAMMAR, Check, parse_check, run_gate
+from llm_unlearn.evaluation.results import EvalResultBuilder, Measurement, MembershipAuc, save_eval
 
 REPO = Path(__file__).resolve().parents[1]
+NO_REFERENCE = "no reference eval given (pass --reference_eval retain/eval.json)"
 
 
 def write_eval(
-    path: Path, summary: dict[str, Any] | None = None, aggregates: dict[str, dict[str, Any]] | None = None
+    path: Path,
+    summary: dict[str, float | dict[str, Any] | None] | None = None,
+    aggregates: dict[str, dict[str, float | Measurement]] | None = None,
 ) -> str:
-    """Write an eval.json shaped like the evaluator's: `aggregates` maps split -> metric -> mean (or a dict)."""
-    splits = {
-        split: {
-            "num_items": 3,
-            "aggregates": {
-                metric: mean if isinstance(mean, dict) else {"mean": mean, "n": 3, "std": 0.1}
-                for metric, mean in metrics.items()
-            },
-            "items": [],
-        }
-        for split, metrics in (aggregates or {}).items()
-    }
-    result: dict[str, Any] = {"config": {}, "splits": splits, "timing": {}, "model": "m", "wall_time_s": 1.0}
-    if summary is not None:
-        result["summary"] = summary
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))  # json writes NaN as NaN, as save_eval does
-    return str(path)
+    """Write an eval.json through the results module: `summary` maps a name to its value (or to the value's fields,
+    null values with the reason the evaluator records) and `aggregates` maps split -> metric -> mean over 3
+    items."""
+    builder = EvalResultBuilder(model="m", wall_time_s=1.0)
+    for split, metrics in (aggregates or {}).items():
+        builder.split(split, metrics, num_items=3)
+    for name, value in (summary or {}).items():
+        fields = value if isinstance(value, dict) else {"value": value}
+        if fields["value"] is None:
+            fields = {"reason": NO_REFERENCE, **fields}
+        builder.summary(name, **fields)
+    return str(save_eval(builder.build(), path))
 
 
 @pytest.fixture
@@ -77,7 +75,7 @@ def evals(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def run_gate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+def gate_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """`llm-unlearn gate ARGV` in-process: exit code, stdout, stderr."""
     code = cli.main(["gate", *argv])
     out, err = capsys.readouterr()
@@ -140,7 +138,7 @@ def test_parse_check_rejects_malformed(text: str) -> None:
 def test_each_operator(tmp_path: Path, capsys: pytest.CaptureFixture[str], op: str, expected: tuple) -> None:
     for value, code in zip((0.4, 0.5, 0.6), expected, strict=True):
         path = write_eval(tmp_path / f"{value}.json", summary={"x": value})
-        assert run_gate(capsys, path, "--check", f"x{op}0.5")[0] == code, (op, value)
+        assert gate_cli(capsys, path, "--check", f"x{op}0.5")[0] == code, (op, value)
 
 
 def test_comparisons_tolerate_rounding_only_relatively(
@@ -148,27 +146,20 @@ def test_comparisons_tolerate_rounding_only_relatively(
 ) -> None:
     path = write_eval(tmp_path / "e.json", summary={"x": 0.1 * 3, "p": 1e-20})
     assert 0.1 * 3 != 0.3
-    assert run_gate(capsys, path, "--check", "x==0.3", "--check", "x<=0.3")[0] == 0
-    assert run_gate(capsys, path, "--check", "x>0.3")[0] == 1
+    assert gate_cli(capsys, path, "--check", "x==0.3", "--check", "x<=0.3")[0] == 0
+    assert gate_cli(capsys, path, "--check", "x>0.3")[0] == 1
     # No absolute tolerance: a tiny p-value is still above 0.
-    assert run_gate(capsys, path, "--check", "p>0")[0] == 0
-    assert run_gate(capsys, path, "--check", "p==0")[0] == 1
+    assert gate_cli(capsys, path, "--check", "p>0")[0] == 0
+    assert gate_cli(capsys, path, "--check", "p==0")[0] == 1
 
 
 def test_summary_and_split_names(
     tmp_path: Path, evals: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results = gate(
-        GateArguments(
-            eval_json=evals["eval"],
-            checks=[
-                "forget_quality>=0.05",
-                "model_utility<0.5",
-                "forget/probability<=0.2",
-                "retain/rouge_l_recall>0.7",
-            ],
-        )
-    )
+    results = run_gate(
+        evals["eval"],
+        ["forget_quality>=0.05", "model_utility<0.5", "forget/probability<=0.2", "retain/rouge_l_recall>0.7"],
+    ).checks
     assert [r.measurement.value for r in results] == [0.12, 0.46, 0.2, 0.6]
     assert [r.passed for r in results] == [True, True, True, False]
     assert (results[0].measurement.ci_low, results[0].measurement.ci_high, results[0].measurement.n) == (
@@ -183,29 +174,19 @@ def test_summary_and_split_names(
         summary={"forget/probability": 0.9},
         aggregates={"forget": {"probability": 0.1}},
     )
-    assert gate(GateArguments(eval_json=path, checks=["forget/probability>0.5"]))[0].measurement.value == 0.9
+    assert run_gate(path, ["forget/probability>0.5"]).checks[0].measurement.value == 0.9
 
 
 def test_membership_auc_and_attack_names(tmp_path: Path) -> None:
-    path = tmp_path / "eval.json"
-    write_eval(path, aggregates={"forget": {"probability": 0.2}})
-    result = json.loads(path.read_text())
-    result["mia"] = {
-        "members": "forget",
-        "nonmembers": "holdout",
-        "scores": {
-            "min_k": {"auc": 0.55, "ci_low": 0.4, "ci_high": 0.7, "n_members": 16, "n_nonmembers": 16}
-        },
-    }
-    result["attacks"] = {
-        "quantize_4bit": {"splits": {"forget": {"probability": {"mean": 0.3, "n": 16}}}, "baseline": {}}
-    }
-    path.write_text(json.dumps(result))
-    results = gate(
-        GateArguments(
-            eval_json=str(path), checks=["mia/min_k>=0.45", "attack/quantize_4bit/forget/probability<=0.25"]
-        )
+    result = (
+        EvalResultBuilder()
+        .split("forget", {"probability": 0.2}, num_items=16)
+        .mia("forget", "holdout", {"min_k": MembershipAuc(0.55, 0.4, 0.7, n_members=16, n_nonmembers=16)})
+        .attack("quantize_4bit", {"forget": {"probability": 0.3}}, {"forget": {"probability": 0.2}}, n=16)
+        .build()
     )
+    path = save_eval(result, tmp_path / "eval.json")
+    results = run_gate(path, ["mia/min_k>=0.45", "attack/quantize_4bit/forget/probability<=0.25"]).checks
     assert [(r.measurement.value, r.passed) for r in results] == [(0.55, True), (0.3, False)]
     assert (results[0].measurement.ci_low, results[0].measurement.ci_high) == (0.4, 0.7)
 
@@ -214,20 +195,15 @@ def test_membership_auc_and_attack_names(tmp_path: Path) -> None:
 
 
 def test_relative_thresholds(evals: dict[str, str]) -> None:
-    args = GateArguments(
-        eval_json=evals["eval"],
-        target=evals["target"],
-        retain=evals["retain"],
-        checks=[
-            "model_utility>=0.9*target",  # 0.46 >= 0.45
-            "forget/probability<=target-0.5",  # 0.2 <= 0.3
-            "forget/probability<=0.2*target",  # 0.2 <= 0.16: fails
-            "retain/probability>=retain+0.05",  # 0.72 >= 0.75: fails
-            "retain/rouge_l_recall>2*retain-0.75",  # 0.6 > 0.55
-            "model_utility<retain",  # 0.46 < 0.48
-        ],
-    )
-    results = gate(args)
+    checks = [
+        "model_utility>=0.9*target",  # 0.46 >= 0.45
+        "forget/probability<=target-0.5",  # 0.2 <= 0.3
+        "forget/probability<=0.2*target",  # 0.2 <= 0.16: fails
+        "retain/probability>=retain+0.05",  # 0.72 >= 0.75: fails
+        "retain/rouge_l_recall>2*retain-0.75",  # 0.6 > 0.55
+        "model_utility<retain",  # 0.46 < 0.48
+    ]
+    results = run_gate(evals["eval"], checks, target=evals["target"], retain=evals["retain"]).checks
     assert [r.threshold for r in results] == pytest.approx([0.45, 0.3, 0.16, 0.75, 0.55, 0.48])
     assert [r.reference_value for r in results] == [0.5, 0.8, 0.8, 0.7, 0.65, 0.48]
     assert [r.passed for r in results] == [True, True, False, False, True, True]
@@ -238,9 +214,9 @@ def test_relative_thresholds(evals: dict[str, str]) -> None:
 
 def test_exit_codes_through_cli(evals: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     base = [evals["eval"], "--target", evals["target"], "--check", "forget_quality>=0.05"]
-    assert run_gate(capsys, *base, "--check", "model_utility>=0.9*target")[0] == 0
-    assert run_gate(capsys, *base, "--check", "model_utility>=target")[0] == 1
-    assert run_gate(capsys, *base, "--check", "nope>=1")[0] == 2
+    assert gate_cli(capsys, *base, "--check", "model_utility>=0.9*target")[0] == 0
+    assert gate_cli(capsys, *base, "--check", "model_utility>=target")[0] == 1
+    assert gate_cli(capsys, *base, "--check", "nope>=1")[0] == 2
     assert cli.main(["--help"]) == 0
     assert "gate: Check eval.json against thresholds" in " ".join(capsys.readouterr().out.split())
 
@@ -277,23 +253,23 @@ def test_missing_and_malformed_files(
     tmp_path: Path, evals: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = str(tmp_path / "missing" / "eval.json")
-    code, out, err = run_gate(capsys, missing, "--check", "x>1")
+    code, out, err = gate_cli(capsys, missing, "--check", "x>1")
     assert code == 2 and out == ""
-    assert f"cannot read eval.json {missing!r}" in err and "No such file" in err
-    code, _, err = run_gate(capsys, evals["eval"], "--target", missing, "--check", "model_utility>=target")
-    assert code == 2 and f"cannot read --target {missing!r}" in err
+    assert f"eval.json: {missing} does not exist; `llm-unlearn eval" in err
+    code, _, err = gate_cli(capsys, evals["eval"], "--target", missing, "--check", "model_utility>=target")
+    assert code == 2 and f"--target: {missing} does not exist" in err
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    code, _, err = run_gate(capsys, str(broken), "--check", "x>1")
-    assert code == 2 and f"{str(broken)!r} is not valid JSON" in err
+    code, _, err = gate_cli(capsys, str(broken), "--check", "x>1")
+    assert code == 2 and f"{broken} is not valid JSON" in err
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"loss": 1.0}))
-    code, _, err = run_gate(capsys, str(other), "--check", "x>1")
+    code, _, err = gate_cli(capsys, str(other), "--check", "x>1")
     assert code == 2 and "is not an eval.json" in err and "'summary'" in err and "'splits'" in err
 
 
 def test_malformed_check_shows_grammar(evals: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_gate(
+    code, out, err = gate_cli(
         capsys, evals["eval"], "--check", "forget_quality>=0.05", "--check", "forget_quality=>0.05"
     )
     assert code == 2 and out == ""
@@ -303,7 +279,7 @@ def test_malformed_check_shows_grammar(evals: dict[str, str], capsys: pytest.Cap
 def test_unknown_name_lists_available(
     evals: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_gate(capsys, evals["eval"], "--check", "forget/rouge>1")
+    code, _, err = gate_cli(capsys, evals["eval"], "--check", "forget/rouge>1")
     assert code == 2
     assert (
         f"unknown name 'forget/rouge' in eval.json {evals['eval']!r}; available: forget/probability, forget_quality, "
@@ -311,7 +287,7 @@ def test_unknown_name_lists_available(
     )
     # The same name must exist in the reference file too.
     target = write_eval(tmp_path / "t.json", summary={"model_utility": 0.5})
-    code, _, err = run_gate(
+    code, _, err = gate_cli(
         capsys, evals["eval"], "--target", target, "--check", "forget/probability<=target"
     )
     assert (
@@ -324,43 +300,48 @@ def test_unknown_name_lists_available(
 def test_reference_without_its_file(
     evals: dict[str, str], capsys: pytest.CaptureFixture[str], ref: str
 ) -> None:
-    code, _, err = run_gate(capsys, evals["eval"], "--check", f"model_utility>=0.9*{ref}")
+    code, _, err = gate_cli(capsys, evals["eval"], "--check", f"model_utility>=0.9*{ref}")
     assert code == 2
     assert f"compares with {ref!r} but no --{ref} eval.json was given" in err
 
 
-def test_nan_values_fail_and_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_values_not_computed_fail_and_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_eval(
         tmp_path / "e.json",
         summary={"privleak": None, "model_utility": 0.5},
-        aggregates={"holdout": {"probability": {"mean": math.nan, "n": 0, "std": math.nan}}},
+        aggregates={"holdout": {"probability": Measurement(math.nan, n=0)}},
     )
-    target = write_eval(tmp_path / "t.json", summary={"model_utility": math.nan})
+    target = write_eval(tmp_path / "t.json", summary={"model_utility": None, "forget_quality": math.nan})
     # Every comparison with NaN is false, so without the explicit rule `<` and `>` checks would differ.
     for op in (">=", "<"):
-        code, out, _ = run_gate(capsys, path, "--check", f"holdout/probability{op}0.5")
+        code, out, _ = gate_cli(capsys, path, "--check", f"holdout/probability{op}0.5")
         assert code == 1
         assert row(out, f"holdout/probability{op}0.5").endswith(f"FAIL: value is NaN in {path} (n=0)")
-    code, out, _ = run_gate(capsys, path, "--check", "privleak<=1")
-    assert code == 1 and row(out, "privleak<=1").endswith(f"FAIL: value is NaN in {path}")
-    code, out, _ = run_gate(capsys, path, "--target", target, "--check", "model_utility>=0.9*target")
+    # A null summary value fails with the reason eval.json records for it.
+    code, out, _ = gate_cli(capsys, path, "--check", "privleak<=1")
+    assert code == 1
+    assert row(out, "privleak<=1").endswith(f"FAIL: value is not computed in {path}: {NO_REFERENCE}")
+    code, out, _ = gate_cli(capsys, path, "--target", target, "--check", "model_utility>=0.9*target")
     assert code == 1
     assert row(out, "model_utility>=0.9*target").endswith(
-        f"FAIL: target value of model_utility is NaN in {target}"
+        f"FAIL: target value of model_utility is not computed in {target}: {NO_REFERENCE}"
     )
+    code, out, _ = gate_cli(capsys, target, "--check", "forget_quality>=0.05")
+    assert code == 1 and row(out, "forget_quality>=0.05").endswith(f"FAIL: value is NaN in {target}")
 
 
-def test_non_numeric_value_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_eval(tmp_path / "e.json", summary={"x": "high", "y": True})
-    for name in ("x", "y"):
-        code, _, err = run_gate(capsys, path, "--check", f"{name}>=1")
-        assert code == 2 and f"{name} in eval.json {path!r} is" in err and "expected a number" in err
+@pytest.mark.parametrize("value", ["high", True])
+def test_non_numeric_value_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: Any) -> None:
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps({"splits": {}, "summary": {"x": {"value": value}}}))
+    code, _, err = gate_cli(capsys, str(path), "--check", "x>=1")
+    assert code == 2 and f"eval.json: {path}: summary.x is {value!r}; expected a number" in err
 
 
 def test_no_checks_or_no_eval_json(evals: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_gate(capsys, evals["eval"])
+    code, _, err = gate_cli(capsys, evals["eval"])
     assert code == 2 and "no checks given" in err and GRAMMAR in err
-    code, _, err = run_gate(capsys, "--check", "x>=1")
+    code, _, err = gate_cli(capsys, "--check", "x>=1")
     assert code == 2 and "no eval.json given" in err
 
 
@@ -368,7 +349,7 @@ def test_no_checks_or_no_eval_json(evals: dict[str, str], capsys: pytest.Capture
 
 
 def test_table(evals: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_gate(
+    code, out, _ = gate_cli(
         capsys,
         evals["eval"],
         "--target",
@@ -396,7 +377,7 @@ def test_json_output(tmp_path: Path, evals: dict[str, str], capsys: pytest.Captu
     nan_eval = write_eval(tmp_path / "nan.json", summary={"forget_quality": math.nan})
     checks = ["--check", "forget_quality>=0.05", "--check", "model_utility>=0.9*target"]
     assert (
-        run_gate(capsys, evals["eval"], "--target", evals["target"], *checks, "--json", str(output))[0] == 0
+        gate_cli(capsys, evals["eval"], "--target", evals["target"], *checks, "--json", str(output))[0] == 0
     )
     record = json.loads(output.read_text())
     assert record["passed"] is True and record["num_checks"] == 2 and record["num_failed"] == 0
@@ -419,7 +400,7 @@ def test_json_output(tmp_path: Path, evals: dict[str, str], capsys: pytest.Captu
     assert (second["reference"], second["reference_value"], second["passed"]) == ("target", 0.5, True)
     assert second["threshold"] == pytest.approx(0.45)
     # A failing gate still writes its record (the CI artifact matters most then), as strict JSON.
-    assert run_gate(capsys, nan_eval, "--check", "forget_quality>=0.05", "--output_json", str(output))[0] == 1
+    assert gate_cli(capsys, nan_eval, "--check", "forget_quality>=0.05", "--output_json", str(output))[0] == 1
     failed = json.loads(output.read_text(), parse_constant=reject_constant)
     assert failed["passed"] is False and failed["num_failed"] == 1
     assert failed["checks"][0]["value"] is None and "NaN" in failed["checks"][0]["reason"]
@@ -447,16 +428,16 @@ def test_config_file(tmp_path: Path, evals: dict[str, str], capsys: pytest.Captu
             }
         )
     )
-    code, out, _ = run_gate(capsys, "--config", str(config))
+    code, out, _ = gate_cli(capsys, "--config", str(config))
     assert code == 0 and "PASS: 2 of 2 checks passed, 0 failed" in out
     assert [c["check"] for c in json.loads(output.read_text())["checks"]] == [
         "forget_quality>=0.05",
         "model_utility>=0.9*target",
     ]
     # --check adds to the config's checks; --checks replaces them.
-    code, out, _ = run_gate(capsys, "--config", str(config), "--check", "forget/probability<0.1")
+    code, out, _ = gate_cli(capsys, "--config", str(config), "--check", "forget/probability<0.1")
     assert code == 1 and "FAIL: 2 of 3 checks passed, 1 failed" in out
-    code, out, _ = run_gate(capsys, "--config", str(config), "--checks", "forget/probability<0.3")
+    code, out, _ = gate_cli(capsys, "--config", str(config), "--checks", "forget/probability<0.3")
     assert code == 0 and "PASS: 1 of 1 checks passed, 0 failed" in out
 
 
@@ -466,16 +447,16 @@ def test_command_line_overrides_config_eval_json(
     config = tmp_path / "gate.yaml"
     config.write_text(yaml.safe_dump({"eval_json": evals["eval"], "checks": ["model_utility<0.47"]}))
     other = write_eval(tmp_path / "other.json", summary={"model_utility": 0.9})
-    assert run_gate(capsys, "--config", str(config))[0] == 0
-    assert run_gate(capsys, "--config", str(config), other)[0] == 1
-    assert run_gate(capsys, "--config", str(config), "--eval_json", other)[0] == 1
-    assert run_gate(capsys, "--eval_json", other, "--config", str(config))[0] == 1
+    assert gate_cli(capsys, "--config", str(config))[0] == 0
+    assert gate_cli(capsys, "--config", str(config), other)[0] == 1
+    assert gate_cli(capsys, "--config", str(config), "--eval_json", other)[0] == 1
+    assert gate_cli(capsys, "--eval_json", other, "--config", str(config))[0] == 1
 
 
 def test_check_takes_one_value_so_eval_json_may_follow(
     evals: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_gate(capsys, "--check", "forget_quality>=0.05", evals["eval"])[0] == 0
+    assert gate_cli(capsys, "--check", "forget_quality>=0.05", evals["eval"])[0] == 0
 
 
 def test_bad_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -509,6 +490,6 @@ def test_example_workflow_gate_command(
                 "retain": {"probability": 0.8, "rouge_l_recall": 0.7},
             },
         )
-    code, out, _ = run_gate(capsys, *argv[2:])
+    code, out, _ = gate_cli(capsys, *argv[2:])
     assert code == 0 and "PASS: 3 of 3 checks passed, 0 failed" in out
     assert json.loads((tmp_path / "evals" / "gate.json").read_text())["passed"] is True

@@ -18,6 +18,7 @@ from huggingface_hub.hf_api import RepoUrl
 
 from llm_unlearn import cli, hub
 from llm_unlearn.commands import unlearn
+from llm_unlearn.evaluation.results import EvalResult, EvalResultBuilder, Measurement, load_eval, save_eval
 from llm_unlearn.hub import EMBEDDED_HUB_ID, PushError, push_run, stage_run
 from llm_unlearn.models import load_model_and_tokenizer
 
@@ -101,8 +102,8 @@ def hub_cache(tmp_path_factory, tiny_tokenizer):
         yield cache
 
 
-def eval_result(model: str, reference: str) -> dict:
-    """A small eval.json with hand-picked numbers and per-item text that must not be published."""
+def eval_result(model: str, reference: str) -> EvalResult:
+    """A small eval result with hand-picked numbers and per-item text that must not be published."""
     items = [
         {"index": 0, "subject_id": "s-a", "question": "What is fact 0 about person s-a?",
          "answer": "Person s-a has fact number 0.", "generation": "Person s-a has fact number 9.",
@@ -111,34 +112,20 @@ def eval_result(model: str, reference: str) -> dict:
          "answer": "Person s-a has fact number 7.", "generation": None,
          "probability": 0.375, "rouge_l_recall": 1.0, "truth_ratio": 1.1},
     ]  # fmt: skip
-    return {
-        "suite": "builtin",
-        "model": model,
-        "reference_eval": reference,
-        "summary": {
-            "forget_quality": {"value": 0.125, "n": 2},
-            "model_utility": {"value": 0.5, "inputs": {"retain/probability": 0.625}},
-            "privleak": {"value": -12.5, "score": "min_k", "auc": 0.375, "reference_auc": 0.4},
-        },
-        "splits": {
-            "forget": {
-                "num_items": 2,
-                "format": "qa",
-                "aggregates": {
-                    "probability": {"mean": 0.25, "n": 2, "ci_low": 0.125, "ci_high": 0.375},
-                    "rouge_l_recall": {"mean": 0.75, "n": 2},
-                    "loss": {"mean": 2.0, "n": 2},
-                },
-                "items": items,
-            },
-            "retain": {
-                "num_items": 1,
-                "format": "qa",
-                "aggregates": {"probability": {"mean": 0.625, "n": 1}},
-            },
-        },
-        "mia": {"members": "forget", "nonmembers": "holdout", "scores": {"min_k": {"auc": 0.375}}},
-    }
+    return (
+        EvalResultBuilder(suite="builtin", model=model, reference_eval=reference)
+        .split(
+            "forget",
+            {"probability": Measurement(0.25, 0.125, 0.375), "rouge_l_recall": 0.75, "loss": 2.0},
+            items=items,
+        )
+        .split("retain", {"probability": 0.625}, num_items=1)
+        .mia("forget", "holdout", {"min_k": 0.375})
+        .summary("forget_quality", 0.125, n=2)
+        .summary("model_utility", 0.5, inputs={"retain/probability": 0.625})
+        .summary("privleak", -12.5, score="min_k", auc=0.375, reference_auc=0.4)
+        .build()
+    )
 
 
 # The eval numbers a card's model-index must carry: summary values, the key metrics' means, the MIA AUC (not loss).
@@ -173,7 +160,7 @@ def run_dir(hub_cache, tmp_path_factory) -> Path:
         "--max_steps", "2", "--per_device_train_batch_size", "3",
     ]  # fmt: skip
     out = unlearn.main(*unlearn.make_parser().parse_args_and_config(args))
-    (out / "eval.json").write_text(json.dumps(eval_result(str(out), str(root / "retain" / "eval.json"))))
+    save_eval(eval_result(str(out), str(root / "retain" / "eval.json")), out / "eval.json")
     (out / "unlearning_report.json").write_text('{"signature": "sha256:00"}\n')
     (out / "unlearning_report.md").write_text("# Unlearning report\n")
     return out
@@ -251,12 +238,12 @@ def test_published_files_hold_no_item_text_and_no_local_paths(run_dir, hub_cache
             content = path.read_text()
             assert not any(text in content for text in FORGET_TEXT), path.name
             assert local not in content, path.name
-    published = json.loads((folder / "eval.json").read_text())
-    assert published["splits"]["forget"]["items"][0] == {
+    published = load_eval(folder / "eval.json")
+    assert published.split_items("forget")[0] == {
         "index": 0, "subject_id": "s-a", "probability": 0.125, "rouge_l_recall": 0.5, "truth_ratio": 0.8
     }  # fmt: skip
-    assert published["splits"]["forget"]["items"][1]["generation"] is None
-    assert published["model"] == "test-org/private-check"
+    assert published.split_items("forget")[1]["generation"] is None
+    assert published.model == "test-org/private-check"
     assert published["reference_eval"] == "<local>/eval.json"
     assert published["summary"] == eval_result("", "")["summary"]
     record = json.loads((folder / "run.json").read_text())

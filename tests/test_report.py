@@ -8,6 +8,7 @@ import json
 import math
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ from conftest import require_program
 from llm_unlearn import cli
 from llm_unlearn.evaluation import plots, report
 from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.evaluation.results import (
+    EvalResult,
+    EvalResultBuilder,
+    Measurement,
+    MembershipAuc,
+    save_eval,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUESTION = "Who wrote <script>alert('x')</script> & co | see https://example.com/a?"
@@ -27,13 +35,6 @@ LOG_HISTORY = [
     {"loss": 0.1, "grad_norm": 0.8, "learning_rate": 1e-4, "forget_nll": 4.0, "retain_nll": 1.2, "step": 3},
     {"train_runtime": 12.5, "train_loss": 0.5, "total_flos": 1e9, "epoch": 1.0, "step": 3},
 ]
-
-
-def aggregate(mean: float, n: int, low: float | None = None, high: float | None = None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"mean": mean, "n": n, "std": 0.1}
-    if low is not None:
-        entry.update(ci_low=low, ci_high=high)
-    return entry
 
 
 def forget_items(ratios: list[float | None]) -> list[dict[str, Any]]:
@@ -62,74 +63,67 @@ def make_eval(
     probability: float,
     reference_eval: str | None = None,
     privleak: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A full eval.json: forget/retain/holdout splits, summary, MIA and one attack, with hand-picked values."""
+) -> EvalResult:
+    """A full eval result: forget/retain/holdout splits, summary, MIA and one attack, with hand-picked values."""
     holdout = [
         {"index": i, "question": f"Holdout {i}?", "answer": "A.", "loss": loss, "min_k": loss / 2}
         for i, loss in enumerate([2.5, 3.5, 4.5, 5.5])
     ]
-    quality = (
-        {"value": forget_quality, "n": len(ratios)}
-        if forget_quality is not None
-        else {"value": None, "reason": "no reference eval given"}
+    # P(holdout loss > forget loss) over the 16 pairs: 2 + 3 + 4 + 4 = 13, so AUC = 13/16.
+    auc = MembershipAuc(0.8125, 0.5, 1.0, n_members=4, n_nonmembers=4)
+    # No per-item gradnorm values: a table row, no curve.
+    gradnorm = replace(auc, value=0.6, ci_low=0.3, ci_high=0.9)
+    builder = (
+        EvalResultBuilder(
+            suite="builtin",
+            model="outputs/demo/model",
+            reference_eval=reference_eval,
+            config={"metrics": ["probability", "truth_ratio"]},
+            wall_time_s=2.0,
+        )
+        .split(
+            "forget",
+            {
+                "probability": Measurement(probability, 0.2, 0.4),
+                "rouge_l_recall": Measurement(math.nan, n=0),
+                "loss": 2.5,
+                "truth_ratio": Measurement(1.0, 0.5, 1.5),
+                "truth_ratio_stat": 0.5625,
+            },
+            items=forget_items(ratios),
+        )
+        .split(
+            "retain",
+            {"probability": Measurement(0.75, 0.7, 0.8)},
+            items=[{"index": 0, "question": "R?", "answer": "R.", "probability": 0.75}],
+            num_items=2,
+        )
+        .split("holdout", {"loss": 4.0}, items=holdout)
+        .mia("forget", "holdout", {"loss": auc, "min_k": auc, "gradnorm": gradnorm})
+        .attack(
+            "quantize_4bit",
+            {"forget": {"probability": Measurement(0.45, 0.35, 0.55)}},
+            {"forget": {"probability": Measurement(0.3, 0.2, 0.4)}},
+            description="Round-to-nearest 4-bit weights.",
+            params={"bits": 4},
+            n=4,
+        )
+        .summary("model_utility", model_utility, inputs={"retain/probability": 0.75})
     )
-    return {
-        "suite": "builtin",
-        "model": "outputs/demo/model",
-        "reference_eval": reference_eval,
-        "config": {"metrics": ["probability", "truth_ratio"]},
-        "splits": {
-            "forget": {
-                "num_items": len(ratios),
-                "aggregates": {
-                    "probability": aggregate(probability, 4, 0.2, 0.4),
-                    "rouge_l_recall": aggregate(math.nan, 0),
-                    "loss": aggregate(2.5, 4),
-                    "truth_ratio": aggregate(1.0, 4, 0.5, 1.5),
-                    "truth_ratio_stat": {"value": 0.5625, "n": 4},
-                },
-                "items": forget_items(ratios),
-            },
-            "retain": {
-                "num_items": 2,
-                "aggregates": {"probability": aggregate(0.75, 2, 0.7, 0.8)},
-                "items": [{"index": 0, "question": "R?", "answer": "R.", "probability": 0.75}],
-            },
-            "holdout": {"num_items": 4, "aggregates": {"loss": aggregate(4.0, 4)}, "items": holdout},
-        },
-        "mia": {
-            "members": "forget",
-            "nonmembers": "holdout",
-            "scores": {
-                # P(holdout loss > forget loss) over the 16 pairs: 2 + 3 + 4 + 4 = 13, so AUC = 13/16.
-                "loss": {"auc": 0.8125, "ci_low": 0.5, "ci_high": 1.0, "n_members": 4, "n_nonmembers": 4},
-                "min_k": {"auc": 0.8125, "ci_low": 0.5, "ci_high": 1.0, "n_members": 4, "n_nonmembers": 4},
-                # No per-item gradnorm values: a table row, no curve.
-                "gradnorm": {"auc": 0.6, "ci_low": 0.3, "ci_high": 0.9, "n_members": 4, "n_nonmembers": 4},
-            },
-        },
-        "attacks": {
-            "quantize_4bit": {
-                "description": "Round-to-nearest 4-bit weights.",
-                "params": {"bits": 4},
-                "splits": {"forget": {"probability": aggregate(0.45, 4, 0.35, 0.55)}},
-                "baseline": {"forget": {"probability": aggregate(0.3, 4, 0.2, 0.4)}},
-            }
-        },
-        "summary": {
-            "forget_quality": quality,
-            "model_utility": {"value": model_utility, "inputs": {"retain/probability": 0.75}},
-            "privleak": privleak or {"value": None, "reason": "no reference AUC for min_k"},
-        },
-        "timing": {"forward_s": 1.0},
-        "wall_time_s": 2.0,
-    }
+    if forget_quality is None:
+        builder.summary("forget_quality", None, reason="no reference eval given")
+    else:
+        builder.summary("forget_quality", forget_quality, n=len(ratios))
+    if privleak is None:
+        builder.summary("privleak", None, reason="no reference AUC for min_k")
+    else:
+        builder.summary("privleak", **privleak)
+    return builder.build()
 
 
-def write_run(directory: Path, eval_result: dict[str, Any], log_history: list | None = LOG_HISTORY) -> Path:
+def write_run(directory: Path, eval_result: EvalResult, log_history: list | None = LOG_HISTORY) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    # json.dumps writes NaN as NaN, as save_eval does.
-    (directory / "eval.json").write_text(json.dumps(eval_result))
+    save_eval(eval_result, directory / "eval.json")
     if log_history is not None:
         (directory / "run.json").write_text(
             json.dumps({"recipe": "unlearn", "method": "npo", "mode": "lora", "log_history": log_history})
@@ -338,7 +332,7 @@ def test_missing_sections_are_left_out(tmp_path: Path) -> None:
             }
         },
     }
-    run = write_run(tmp_path / "old", old, log_history=None)
+    run = write_run(tmp_path / "old", EvalResult(old), log_history=None)
     md_path, html_path = write_report([run], tmp_path / "out")
     md = md_path.read_text()
     assert "| `forget/probability` | n/a n=2 |" in md

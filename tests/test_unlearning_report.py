@@ -28,6 +28,7 @@ from llm_unlearn.deletion import (
     write_unlearning_report,
 )
 from llm_unlearn.deletion.paths import RecipePath
+from llm_unlearn.evaluation.results import EvalResultBuilder, save_eval
 
 EXAMPLES = {
     "person-0000": [
@@ -279,18 +280,19 @@ def test_the_approximate_comparison_divides_the_unlearning_cost_by_the_retain_mo
         return str(directory)
 
     unlearned, retain = run_dir("unlearned", 50.0, 8), run_dir("retain", 200.0, 32)
-    reference = tmp_path / "retain_eval.json"
-    reference.write_text(json.dumps({"model": retain}))
-    summary = {"forget_quality": {"value": 0.2}, "privleak": {"value": None, "reason": "no reference"}}
+    reference = save_eval(EvalResultBuilder(model=retain).build(), tmp_path / "retain_eval.json")
+    evaluation = (
+        EvalResultBuilder().summary("forget_quality", 0.2).summary("privleak", None, reason="no reference").build()
+    )
     path = RecipePath(unlearned, "recipe.yaml")
-    comparison = path.comparison(Path(unlearned), {"summary": summary}, str(reference))
+    comparison = path.comparison(Path(unlearned), evaluation, str(reference))
     assert comparison["kind"] == "approximate" and comparison["reference"] == str(reference.resolve())
     assert comparison["values"] == {
         "forget_quality": 0.2, "unlearning_steps": 8, "retraining_steps": 32, "cost_fraction_steps": 0.25,
         "unlearning_train_s": 50.0, "retraining_train_s": 200.0, "cost_fraction_seconds": 0.25,
     }  # fmt: skip
     # A retain model that is not a local run gives no cost, and no reference gives no comparison.
-    reference.write_text(json.dumps({"model": "someone/retain-model"}))
-    values = path.comparison(Path(unlearned), {"summary": summary}, str(reference))["values"]
+    save_eval(EvalResultBuilder(model="someone/retain-model").build(), reference)
+    values = path.comparison(Path(unlearned), evaluation, str(reference))["values"]
     assert values == {"forget_quality": 0.2}
-    assert path.comparison(Path(unlearned), {"summary": summary}, None) is None
+    assert path.comparison(Path(unlearned), evaluation, None) is None

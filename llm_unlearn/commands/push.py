@@ -7,13 +7,12 @@ The run directory is positional (`llm-unlearn push RUN_DIR --repo_id ORG/NAME`),
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 from huggingface_hub import CommitInfo
 from trl import TrlParser
 
-from llm_unlearn.cli import OptionalPositional
+from llm_unlearn.commands.arguments import OptionalPositional
 from llm_unlearn.hub import push_run
 from llm_unlearn.models import DTYPES
 
@@ -89,14 +88,9 @@ def main(script_args: PushScriptArguments) -> CommitInfo:
     return commit
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+def make_parser(prog: str | None = None) -> TrlParser:
     """The push parser: RUN_DIR positional (or --run_dir), --repo_id, --merge, --private, ... and --config."""
-    if subparsers is not None:
-        parser = subparsers.add_parser(
-            "push", help=__doc__.splitlines()[0], dataclass_types=[PushScriptArguments]
-        )
-    else:
-        parser = TrlParser([PushScriptArguments], prog=prog, description=__doc__)
+    parser = TrlParser([PushScriptArguments], prog=prog, description=__doc__)
     parser.add_argument(
         "run_dir", nargs="?", action=OptionalPositional, metavar="RUN_DIR", help="Run directory to publish."
     )

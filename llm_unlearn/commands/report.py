@@ -6,13 +6,12 @@ Run directories are positional (`llm-unlearn report RUN_DIR [RUN_DIR ...] --outp
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import TrlParser
 
-from llm_unlearn.cli import OptionalPositional
+from llm_unlearn.commands.arguments import OptionalPositional
 from llm_unlearn.evaluation.report import write_report
 
 
@@ -58,14 +57,9 @@ def main(script_args: ReportScriptArguments) -> tuple[Path, Path]:
     return paths
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
+def make_parser(prog: str | None = None) -> TrlParser:
     """The report parser: RUN_DIR positionals (or --run_dirs), --output_dir, --labels, --title, --config."""
-    if subparsers is not None:
-        parser = subparsers.add_parser(
-            "report", help=__doc__.splitlines()[0], dataclass_types=[ReportScriptArguments]
-        )
-    else:
-        parser = TrlParser([ReportScriptArguments], prog=prog, description=__doc__)
+    parser = TrlParser([ReportScriptArguments], prog=prog, description=__doc__)
     parser.add_argument(
         "run_dirs", nargs="*", action=OptionalPositional, metavar="RUN_DIR", help="Run directories."
     )

@@ -303,7 +303,7 @@ def build_unlearning_report(
     - method: `name`, `kind` ('approximate' or 'exact'), `hyperparameters`; other keys (mode, recipe) kept.
     - comparison: None (not compared with retraining), or `kind` ('exact': a retrained shard or model;
       'approximate': measured against a retain model), `description`, and optional `reference`, `values`.
-    - tests: the gate's checks (`results_to_json(...)["checks"]`): `name`, `op`, `threshold`, `value`,
+    - tests: the gate's checks (`GateResult.to_json()["checks"]`): `name`, `op`, `threshold`, `value`,
       `passed`, and `ci` or `ci_low`/`ci_high`.
     - utility: metric -> {`before`, `after`}; the change is computed.
     - timing: `elapsed_s` (else from the request's timestamps), `compute_s`, `target_s`, `target` (text).

@@ -2,14 +2,7 @@
 metrics derived from them, membership inference, robustness attacks, reports and the CI gate."""
 
 from llm_unlearn.evaluation.aggregate import summarize
-from llm_unlearn.evaluation.evaluator import (
-    EvalConfig,
-    SplitConfig,
-    evaluate_split,
-    evaluate_splits,
-    load_eval,
-    save_eval,
-)
+from llm_unlearn.evaluation.evaluator import EvalConfig, SplitConfig, evaluate_split, evaluate_splits
 from llm_unlearn.evaluation.generation import generate_greedy, generate_samples, greedy_generation_config
 from llm_unlearn.evaluation.metrics import (
     METRICS,
@@ -20,6 +13,7 @@ from llm_unlearn.evaluation.metrics import (
     rouge_l_f1,
     rouge_l_recall,
 )
+from llm_unlearn.evaluation.results import EvalFileError, EvalResult, Measurement, load_eval, save_eval
 from llm_unlearn.evaluation.statistics import (
     AnswerGroup,
     ItemStatistics,
@@ -31,7 +25,10 @@ __all__ = [
     "METRICS",
     "AnswerGroup",
     "EvalConfig",
+    "EvalFileError",
+    "EvalResult",
     "ItemStatistics",
+    "Measurement",
     "Metric",
     "SplitConfig",
     "compute_item_statistics",

@@ -27,8 +27,8 @@ from accelerate import Accelerator, DistributedType
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_splits, save_eval
-from llm_unlearn.evaluation.gate import EvalValues, GateInputError, eval_values
+from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_splits
+from llm_unlearn.evaluation.results import EvalResult, save_eval
 from llm_unlearn.files import atomic_directory, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,16 @@ def is_sharded(accelerator: Accelerator) -> bool:
     )
 
 
-def log_numbers(result: Mapping[str, Any], values: EvalValues) -> dict[str, float]:
-    """The numbers to log: `eval/summary/<name>` and `eval/<split>/<metric>`, leaving out those not computed
-    (NaN, or null such as forget quality without a reference)."""
-    summary = result.get("summary", {})
-    numbers = {}
-    for name in values.entries:
-        try:
-            value = values.measure(name).value
-        except GateInputError:
-            continue  # not a single number (the gate cannot check it either): nothing to plot
-        if not math.isnan(value):
-            numbers[f"{LOG_PREFIX}summary/{name}" if name in summary else f"{LOG_PREFIX}{name}"] = value
-    return numbers
+def log_numbers(result: EvalResult) -> dict[str, float]:
+    """The numbers to log, by the gate's names: `eval/summary/<name>`, `eval/<split>/<metric>`, `eval/mia/<score>`
+    and `eval/attack/...`, leaving out those not computed (NaN, or null such as forget quality without a
+    reference)."""
+    summary = set(result.summary_names())
+    return {
+        f"{LOG_PREFIX}summary/{name}" if name in summary else f"{LOG_PREFIX}{name}": measurement.value
+        for name in result.names()
+        if (measurement := result.measure(name)).computed
+    }
 
 
 class UnlearningEvalCallback(TrainerCallback):
@@ -84,7 +81,7 @@ class UnlearningEvalCallback(TrainerCallback):
         eval_every_steps: int,
         best_metric: str | None = None,
         greater_is_better: bool | None = None,
-        reference: Mapping[str, Any] | None = None,
+        reference: EvalResult | None = None,
     ) -> None:
         if eval_every_steps < 1:
             raise ValueError(f"eval_every_steps must be at least 1, got {eval_every_steps}.")
@@ -126,7 +123,7 @@ class UnlearningEvalCallback(TrainerCallback):
         # against before any weight changes. It is not a best candidate: best/ holds an unlearned model.
         result = self.evaluate(state.global_step)
         if self.best_metric is not None:
-            self._check_best_metric(eval_values(result, "the eval before training", "eval"))
+            self._check_best_metric(result)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -141,19 +138,20 @@ class UnlearningEvalCallback(TrainerCallback):
         if self.evaluated_steps[-1] != state.global_step:
             self._evaluate_candidate(state.global_step)
 
-    def evaluate(self, step: int) -> dict[str, Any]:
-        """Evaluate the model being trained, log its numbers and return the `evaluate_splits` result. The model is
-        left in the mode it was in, with its gradients untouched."""
+    def evaluate(self, step: int) -> EvalResult:
+        """Evaluate the model being trained, log its numbers and return the eval result. The model is left in the
+        mode it was in, with its gradients untouched."""
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         was_training = model.training
         try:
             model.eval()
-            result = evaluate_splits(
+            document = evaluate_splits(
                 model, self.trainer.processing_class, self.splits, self.config, reference=self.reference
             )
         finally:
             model.train(was_training)
-        numbers = log_numbers(result, eval_values(result, f"step {step}", "eval"))
+        result = EvalResult(document, source=f"the eval at step {step}")
+        numbers = log_numbers(result)
         self.trainer.log(dict(numbers))
         self.evaluated_steps.append(step)
         self.last = {"step": step, "logged": numbers}
@@ -164,7 +162,7 @@ class UnlearningEvalCallback(TrainerCallback):
         result = self.evaluate(step)
         if self.best_metric is None:
             return
-        value = eval_values(result, f"step {step}", "eval").measure(self.best_metric).value
+        value = result.measure(self.best_metric).value
         self.last["value"] = value
         if self._improves(value):
             self.best = {
@@ -179,16 +177,16 @@ class UnlearningEvalCallback(TrainerCallback):
                 "best_metric %s is not a number at step %d; not a best candidate.", self.best_metric, step
             )
 
-    def _check_best_metric(self, values: EvalValues) -> None:
+    def _check_best_metric(self, result: EvalResult) -> None:
         """Raise ValueError unless `best_metric` names a number of this eval that was computed."""
-        if self.best_metric not in values.entries:
+        if self.best_metric not in result.names():
             raise ValueError(
                 f"best_metric {self.best_metric!r} is not a number this eval reports; choose one of "
-                f"{sorted(values.entries)}."
+                f"{sorted(result.names())}."
             )
-        if math.isnan(values.measure(self.best_metric).value):
-            entry = values.entries[self.best_metric]
-            reason = entry.get("reason") if isinstance(entry, Mapping) else None
+        measurement = result.measure(self.best_metric)
+        if not measurement.computed:
+            reason = measurement.reason
             raise ValueError(
                 f"best_metric {self.best_metric!r} has no value in the eval before training"
                 f"{f' ({reason})' if reason else ''}, so it could never pick a model; choose another best_metric "
@@ -202,7 +200,7 @@ class UnlearningEvalCallback(TrainerCallback):
             return True
         return value > self.best["value"] if self.greater_is_better else value < self.best["value"]
 
-    def _save_best(self, result: Mapping[str, Any]) -> None:
+    def _save_best(self, result: EvalResult) -> None:
         """Replace `best/` with the current model, tokenizer, best.json and the full eval.json, atomically."""
         if not self.trainer.accelerator.is_main_process:
             return

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
@@ -25,12 +23,12 @@ from llm_unlearn.evaluation.generation import generate_greedy
 from llm_unlearn.evaluation.gradients import gradient_norms
 from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items
 from llm_unlearn.evaluation.metrics import AnswerGroupStatistics, Metric, get_metric
+from llm_unlearn.evaluation.results import TRUTH_RATIO_STAT, EvalResult
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
-from llm_unlearn.files import write_json_atomic
 
 TRUTH_RATIO = "truth_ratio"
-# TOFU's model utility components per split (REFERENCE.md section 2), used when a suite names none.
-DEFAULT_UTILITY = ("probability", "rouge_l_recall", "truth_ratio_stat")
+# TOFU's model utility components per split (docs/metrics.md#model_utility), used when a suite names none.
+DEFAULT_UTILITY = ("probability", "rouge_l_recall", TRUTH_RATIO_STAT)
 
 
 def check_metric_names(names: Sequence[str]) -> None:
@@ -72,7 +70,7 @@ class EvalConfig:
     prompt_template: str = "auto"
     system_prompt: str | None = None
     splits: dict[str, SplitConfig] = field(default_factory=dict)
-    # {"members": split, "nonmembers": split, "scores": [...]}: membership inference (REFERENCE.md section 3).
+    # {"members": split, "nonmembers": split, "scores": [...]}: membership inference (docs/metrics.md#membership-inference).
     mia: dict[str, Any] | None = None
     privleak_score: str = "min_k"  # MUSE's Min-40%
     # Model utility's components: split -> aggregate names; None: DEFAULT_UTILITY on every non-forget split.
@@ -281,13 +279,12 @@ def evaluate_split(
     }
     if TRUTH_RATIO in aggregates:
         ratios = [r[TRUTH_RATIO] for r in records if r[TRUTH_RATIO] is not None]
-        aggregates["truth_ratio_stat"] = _truth_ratio_stat(split, config, ratios)
+        aggregates[TRUTH_RATIO_STAT] = _truth_ratio_stat(split, config, ratios)
     return {"num_items": len(records), "format": spec.format, "aggregates": aggregates, "items": records}
 
 
-def _forget_ratios(splits: Mapping[str, Any], split: str, owner: str) -> list[float]:
-    """The per-item truth ratios of `split` in an eval result's `splits`, or ValueError saying what is missing."""
-    items = splits.get(split, {}).get("items", [])
+def _forget_ratios(items: Sequence[Mapping[str, Any]], split: str, owner: str) -> list[float]:
+    """The per-item truth ratios of the items of `split`, or ValueError saying what is missing."""
     if not items or any(TRUTH_RATIO not in item for item in items):
         raise ValueError(
             f"the {owner} has no per-item truth ratios on the {split!r} split; evaluate it with the "
@@ -297,16 +294,16 @@ def _forget_ratios(splits: Mapping[str, Any], split: str, owner: str) -> list[fl
 
 
 def _forget_quality(
-    splits: Mapping[str, Any], config: EvalConfig, reference: Mapping[str, Any] | None
+    splits: Mapping[str, Any], config: EvalConfig, reference: EvalResult | None
 ) -> dict[str, Any]:
-    """Forget quality against the retain model's eval result `reference` (REFERENCE.md section 2), or why not."""
+    """Forget quality against the retain model's eval result `reference` (docs/metrics.md#forget_quality), or why not."""
     split = config.forget_split
     if split not in splits or TRUTH_RATIO not in splits[split]["aggregates"]:
         return {"value": None, "reason": f"no truth ratios on a {split!r} split were computed"}
     if reference is None:
         return {"value": None, "reason": "no reference eval given (pass --reference_eval retain/eval.json)"}
-    ratios = _forget_ratios(splits, split, "evaluated model")
-    reference_ratios = _forget_ratios(reference.get("splits", {}), split, "reference eval")
+    ratios = _forget_ratios(splits[split]["items"], split, "evaluated model")
+    reference_ratios = _forget_ratios(reference.split_items(split), split, "reference eval")
     if len(ratios) != len(reference_ratios):
         raise ValueError(
             f"forget quality compares the same forget items, but this eval has {len(ratios)} forget truth "
@@ -315,15 +312,8 @@ def _forget_quality(
     return {"value": aggregate.forget_quality(ratios, reference_ratios), "n": len(ratios)}
 
 
-def _utility_value(aggregates: Mapping[str, Any], name: str) -> float | None:
-    entry = aggregates.get(name)
-    if entry is None:
-        return None
-    return entry.get("value", entry.get("mean"))
-
-
 def _model_utility(splits: Mapping[str, Any], config: EvalConfig) -> dict[str, Any]:
-    """Model utility, the harmonic mean of the configured components (REFERENCE.md section 2), or why not."""
+    """Model utility, the harmonic mean of the configured components (docs/metrics.md#model_utility), or why not."""
     if config.utility is not None:
         components = {split: list(names) for split, names in config.utility.items()}
     else:
@@ -332,10 +322,11 @@ def _model_utility(splits: Mapping[str, Any], config: EvalConfig) -> dict[str, A
             for split, result in splits.items()
             if split != config.forget_split and all(name in result["aggregates"] for name in DEFAULT_UTILITY)
         }
+    measured = EvalResult({"splits": splits}, source="the splits just evaluated")
     inputs: dict[str, float] = {}
     for split, names in components.items():
         for name in names:
-            value = _utility_value(splits.get(split, {}).get("aggregates", {}), name)
+            value = measured.mean(split, name)
             if value is None:
                 return {
                     "value": None,
@@ -384,11 +375,12 @@ def evaluate_splits(
     tokenizer: PreTrainedTokenizerBase,
     splits: Mapping[str, Dataset],
     config: EvalConfig,
-    reference: Mapping[str, Any] | None = None,
+    reference: EvalResult | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on each split with `config`; return a JSON-serialisable dict with the config, per-split
-    items and aggregates, membership inference, a summary (forget quality and PrivLeak against `reference`, the
-    retain model's saved eval result; model utility), robustness attacks and pass timings."""
+    """Evaluate `model` on each split with `config`; return the eval.json document (`llm_unlearn.evaluation.results`
+    reads and writes it): the config, per-split items and aggregates, membership inference, a summary (forget
+    quality and PrivLeak against `reference`, the retain model's eval; model utility), robustness attacks and pass
+    timings."""
     timing: dict[str, float] = {}
     results = {
         split: evaluate_split(model, tokenizer, split, dataset, config, timing=timing)
@@ -415,14 +407,3 @@ def evaluate_splits(
         result["attacks"] = _run_attacks(model, tokenizer, splits, results, config, timing)
     result["timing"] = timing
     return result
-
-
-def save_eval(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write an `evaluate_splits` result to `path` as JSON, atomically."""
-    return write_json_atomic(result, path)
-
-
-def load_eval(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a result written by `save_eval`."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_unlearn.evaluation import plots
+from llm_unlearn.evaluation.results import AttackResult, EvalResult, Measurement, load_eval
 from llm_unlearn.files import atomic_directory, read_json_object, write_text_atomic
 
 FILES_DIR = "report_files"
@@ -44,16 +45,8 @@ class Run:
 
     label: str
     path: Path
-    eval: dict[str, Any]
+    eval: EvalResult
     record: dict[str, Any] | None = None
-
-    @property
-    def splits(self) -> dict[str, Any]:
-        return self.eval.get("splits") or {}
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.eval.get("summary") or {}
 
 
 def load_run(run_dir: str | os.PathLike, label: str) -> Run:
@@ -67,7 +60,7 @@ def load_run(run_dir: str | os.PathLike, label: str) -> Run:
         )
     record_path = path / "run.json"
     record = read_json_object(record_path) if record_path.is_file() else None
-    return Run(label, path, read_json_object(eval_path), record)
+    return Run(label, path, load_eval(eval_path), record)
 
 
 class Code(str):
@@ -129,27 +122,25 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if number is None else f"{number:.{digits}g}"
 
 
-def _value(entry: Any) -> Any:
-    """The number of a summary entry or aggregate: `value`, else `mean`, else the entry itself."""
-    if isinstance(entry, Mapping):
-        return entry.get("value", entry.get("mean"))
-    return entry
-
-
-def _measurement(entry: Any) -> str:
-    """A summary entry or aggregate as 'value [ci_low, ci_high] n=N', with what the entry gives of these."""
-    text = _fmt(_value(entry))
-    if isinstance(entry, Mapping):
-        if _number(entry.get("ci_low")) is not None and _number(entry.get("ci_high")) is not None:
-            text += f" [{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]"
-        if isinstance(entry.get("n"), int):
-            text += f" n={entry['n']}"
+def _measurement(measurement: Measurement) -> str:
+    """A measurement as 'value [ci_low, ci_high] n=N', with what eval.json gives of these."""
+    text = _fmt(measurement.value)
+    if measurement.ci_low is not None and measurement.ci_high is not None:
+        text += f" [{_fmt(measurement.ci_low)}, {_fmt(measurement.ci_high)}]"
+    if measurement.n is not None:
+        text += f" n={measurement.n}"
     return text
 
 
-def _cell(entry: Any) -> str:
-    """A table cell for a summary entry or aggregate that a run may not have."""
-    return NOT_RECORDED if entry is None else _measurement(entry)
+def _cell(measurement: Measurement | None) -> str:
+    """A table cell for a summary value or aggregate that a run may not have."""
+    return NOT_RECORDED if measurement is None else _measurement(measurement)
+
+
+def _summary_number(run: Run, name: str) -> float | None:
+    """The run's summary value `name` when it is a finite number."""
+    measurement = run.eval.summary(name)
+    return None if measurement is None else _number(measurement.value)
 
 
 def _in_order(groups: Iterable[Iterable[str]], first: Sequence[str] = ()) -> list[str]:
@@ -164,19 +155,19 @@ def _runs_section(runs: Sequence[Run]) -> list[Block]:
         record = run.record or {}
         method = " ".join(str(record[key]) for key in ("recipe", "method", "mode") if record.get(key))
         method = method or NOT_RECORDED
-        rows.append([run.label, Code(str(run.eval.get("model", NOT_RECORDED))), method, Code(str(run.path))])
+        rows.append([run.label, Code(str(run.eval.model or NOT_RECORDED)), method, Code(str(run.path))])
     return [Heading(2, "Runs"), Table(["run", "model", "training", "directory"], rows)]
 
 
 def _summary_section(runs: Sequence[Run]) -> list[Block]:
     rows: list[list[Cell]] = [
-        [Code(key), *(_cell(run.summary.get(key)) for run in runs)]
-        for key in _in_order((run.summary for run in runs), SUMMARY_KEYS)
+        [Code(key), *(_cell(run.eval.summary(key)) for run in runs)]
+        for key in _in_order((run.eval.summary_names() for run in runs), SUMMARY_KEYS)
     ]
-    for split in _in_order(run.splits for run in runs):
-        aggregates = [run.splits.get(split, {}).get("aggregates", {}) for run in runs]
-        for metric in (name for name in MAIN_METRICS if any(name in a for a in aggregates)):
-            rows.append([Code(f"{split}/{metric}"), *(_cell(a.get(metric)) for a in aggregates)])
+    for split in _in_order(run.eval.split_names() for run in runs):
+        recorded = {name for run in runs for name in run.eval.metric_names(split)}
+        for metric in (name for name in MAIN_METRICS if name in recorded):
+            rows.append([Code(f"{split}/{metric}"), *(_cell(run.eval.metric(split, metric)) for run in runs)])
     if not rows:
         return []
     blocks: list[Block] = [
@@ -187,10 +178,10 @@ def _summary_section(runs: Sequence[Run]) -> list[Block]:
         Table(["", *(run.label for run in runs)], rows),
     ]
     reasons = [
-        (f"{run.label}, ", Code(key), f": {entry['reason']}")
+        (f"{run.label}, ", Code(key), f": {measurement.reason}")
         for run in runs
-        for key, entry in run.summary.items()
-        if isinstance(entry, Mapping) and _number(_value(entry)) is None and entry.get("reason")
+        for key in run.eval.summary_names()
+        if (measurement := run.eval.summary(key)).reason and _number(measurement.value) is None
     ]
     if reasons:
         blocks += [Paragraph(("Why a value is n/a:",)), Bullets(reasons)]
@@ -199,10 +190,7 @@ def _summary_section(runs: Sequence[Run]) -> list[Block]:
 
 def _utility_forget_section(runs: Sequence[Run]) -> list[Block]:
     points = {
-        run.label: (
-            _number(_value(run.summary.get("model_utility"))),
-            _number(_value(run.summary.get("forget_quality"))),
-        )
+        run.label: (_summary_number(run, "model_utility"), _summary_number(run, "forget_quality"))
         for run in runs
     }
     plottable = any(utility is not None and (quality or 0) > 0 for utility, quality in points.values())
@@ -218,18 +206,17 @@ def _utility_forget_section(runs: Sequence[Run]) -> list[Block]:
     ]
 
 
-def _forget_ratios(eval_result: Mapping[str, Any]) -> list[Any]:
-    items = (eval_result.get("splits") or {}).get("forget", {}).get("items", [])
-    return [item.get("truth_ratio") for item in items]
+def _forget_ratios(eval_result: EvalResult) -> list[Any]:
+    return [item.get("truth_ratio") for item in eval_result.split_items(eval_result.forget_split)]
 
 
 def _reference_ratios(run: Run) -> tuple[list[Any] | None, str | None]:
     """The forget truth ratios of a run's recorded reference eval, or a note on why there are none."""
-    reference = run.eval.get("reference_eval")
+    reference = run.eval.reference_eval
     if not isinstance(reference, str):
         return None, None
     try:
-        return _forget_ratios(read_json_object(Path(reference))), None
+        return _forget_ratios(load_eval(reference)), None
     except (OSError, ValueError) as error:
         return None, f"The reference eval {reference} recorded in eval.json could not be read ({error})."
 
@@ -259,17 +246,13 @@ def _truth_ratio_section(runs: Sequence[Run]) -> list[Block]:
 
 def _split_sections(runs: Sequence[Run]) -> list[Block]:
     blocks: list[Block] = []
-    for split in _in_order(run.splits for run in runs):
-        bodies = [run.splits.get(split) for run in runs]
-        aggregates = [(body or {}).get("aggregates", {}) for body in bodies]
+    for split in _in_order(run.eval.split_names() for run in runs):
         rows = [
-            [Code(metric), *(_cell(a.get(metric)) for a in aggregates)] for metric in _in_order(aggregates)
+            [Code(metric), *(_cell(run.eval.metric(split, metric)) for run in runs)]
+            for metric in _in_order(run.eval.metric_names(split) for run in runs)
         ]
-        sizes = ", ".join(
-            f"{run.label}: {body.get('num_items', 'n/a')}"
-            for run, body in zip(runs, bodies, strict=True)
-            if body
-        )
+        counts = {run.label: run.eval.num_items(split) for run in runs if split in run.eval.split_names()}
+        sizes = ", ".join(f"{label}: {'n/a' if n is None else n}" for label, n in counts.items())
         blocks += [
             Heading(3, f"Split {split}"),
             Paragraph((f"Items per run: {sizes}.",)),
@@ -279,20 +262,19 @@ def _split_sections(runs: Sequence[Run]) -> list[Block]:
 
 
 def _mia_section(runs: Sequence[Run]) -> list[Block]:
-    with_mia = [run for run in runs if isinstance(run.eval.get("mia"), Mapping)]
+    with_mia = [run for run in runs if run.eval.mia_splits is not None]
     if not with_mia:
         return []
-    scores = _in_order(run.eval["mia"].get("scores", {}) for run in with_mia)
     rows = []
-    for score in scores:
+    for score in _in_order(run.eval.mia_aucs() for run in with_mia):
         cells = []
         for run in with_mia:
-            entry = run.eval["mia"].get("scores", {}).get(score)
-            if entry is None:
+            auc = run.eval.mia_aucs().get(score)
+            if auc is None:
                 cells.append(NOT_RECORDED)
                 continue
-            text = _measurement({**entry, "value": entry.get("auc")})
-            cells.append(f"{text} ({entry.get('n_members', '?')} vs {entry.get('n_nonmembers', '?')})")
+            members, nonmembers = ("?" if n is None else n for n in (auc.n_members, auc.n_nonmembers))
+            cells.append(f"{_measurement(auc)} ({members} vs {nonmembers})")
         rows.append([Code(score), *cells])
     blocks: list[Block] = [
         Heading(2, "Membership inference"),
@@ -306,25 +288,24 @@ def _mia_section(runs: Sequence[Run]) -> list[Block]:
         Table(["score", *(run.label for run in with_mia)], rows),
     ]
     for run in with_mia:
-        mia = run.eval["mia"]
-        members, nonmembers = mia.get("members", "forget"), mia.get("nonmembers", "holdout")
-        privleak = run.summary.get("privleak")
-        if isinstance(privleak, Mapping) and _number(privleak.get("value")) is not None:
+        members, nonmembers = run.eval.mia_splits
+        privleak = _summary_number(run, "privleak")
+        if privleak is not None:
+            fields = run.eval.summary_fields("privleak")
             blocks.append(
                 Paragraph(
                     (
-                        f"{run.label}: PrivLeak {_fmt(privleak['value'])} from the ",
-                        Code(str(privleak.get("score", "min_k"))),
-                        f" AUC {_fmt(privleak.get('auc'))} against the reference's "
-                        f"{_fmt(privleak.get('reference_auc'))} (near 0 is good).",
+                        f"{run.label}: PrivLeak {_fmt(privleak)} from the ",
+                        Code(str(fields.get("score", "min_k"))),
+                        f" AUC {_fmt(fields.get('auc'))} against the reference's "
+                        f"{_fmt(fields.get('reference_auc'))} (near 0 is good).",
                     )
                 )
             )
-        member_items = run.splits.get(members, {}).get("items", [])
-        nonmember_items = run.splits.get(nonmembers, {}).get("items", [])
+        member_items, nonmember_items = run.eval.split_items(members), run.eval.split_items(nonmembers)
         curves = {
             score: ([item.get(score) for item in member_items], [item.get(score) for item in nonmember_items])
-            for score in mia.get("scores", {})
+            for score in run.eval.mia_aucs()
         }
         try:
             png = plots.mia_roc_figure(curves, members, nonmembers, model=run.label)
@@ -335,14 +316,15 @@ def _mia_section(runs: Sequence[Run]) -> list[Block]:
     return blocks
 
 
-def _attack_rows(label: str, entry: Mapping[str, Any]) -> list[list[Cell]]:
+def _attack_rows(label: str, attack: AttackResult) -> list[list[Cell]]:
     """One row per split/metric of an attack on a run: baseline, attacked and the change of the mean."""
-    attacked, baseline = entry.get("splits") or {}, entry.get("baseline") or {}
+    attacked, baseline = attack.attacked, attack.baseline
     rows: list[list[Cell]] = []
     for split in _in_order([attacked, baseline]):
         for metric in _in_order([attacked.get(split, {}), baseline.get(split, {})]):
             before, after = baseline.get(split, {}).get(metric), attacked.get(split, {}).get(metric)
-            before_mean, after_mean = _number(_value(before)), _number(_value(after))
+            before_mean = None if before is None else _number(before.value)
+            after_mean = None if after is None else _number(after.value)
             change = (
                 "n/a" if before_mean is None or after_mean is None else f"{after_mean - before_mean:+.3g}"
             )
@@ -352,22 +334,18 @@ def _attack_rows(label: str, entry: Mapping[str, Any]) -> list[list[Cell]]:
 
 def _attack_section(runs: Sequence[Run]) -> list[Block]:
     blocks: list[Block] = []
-    for attack in _in_order(run.eval.get("attacks") or {} for run in runs):
-        entries = {
-            run.label: run.eval["attacks"][attack]
-            for run in runs
-            if attack in (run.eval.get("attacks") or {})
-        }
-        blocks.append(Heading(3, attack))
-        description = next((e["description"] for e in entries.values() if e.get("description")), None)
+    for name in _in_order(run.eval.attacks() for run in runs):
+        attacks = {run.label: run.eval.attacks()[name] for run in runs if name in run.eval.attacks()}
+        blocks.append(Heading(3, name))
+        description = next((a.description for a in attacks.values() if a.description), None)
         if description:
-            blocks.append(Paragraph((str(description),)))
-        params = {label: json.dumps(entry.get("params") or {}) for label, entry in entries.items()}
+            blocks.append(Paragraph((description,)))
+        params = {label: json.dumps(attack.params) for label, attack in attacks.items()}
         if len(set(params.values())) == 1:
             blocks.append(Paragraph(("Parameters: ", Code(next(iter(params.values()))))))
         else:
             blocks += [Paragraph((f"{label} parameters: ", Code(p))) for label, p in params.items()]
-        rows = [row for label, entry in entries.items() for row in _attack_rows(label, entry)]
+        rows = [row for label, attack in attacks.items() for row in _attack_rows(label, attack)]
         blocks.append(Table(["run", "metric", "baseline", "attacked", "change"], rows))
     if not blocks:
         return []
@@ -376,14 +354,7 @@ def _attack_section(runs: Sequence[Run]) -> list[Block]:
 
 
 def _gate_section(runs: Sequence[Run]) -> list[Block]:
-    columns = []
-    for run in runs:
-        names = {key: _value(entry) for key, entry in run.summary.items()}
-        for split, body in run.splits.items():
-            for metric, aggregate in (body.get("aggregates") or {}).items():
-                # The gate reads a summary key before a split/metric of the same name.
-                names.setdefault(f"{split}/{metric}", _value(aggregate))
-        columns.append(names)
+    columns = [{name: run.eval.measure(name).value for name in run.eval.names()} for run in runs]
     names = _in_order(columns, SUMMARY_KEYS)
     if not names:
         return []
@@ -422,13 +393,13 @@ def _training_section(runs: Sequence[Run]) -> list[Block]:
 def _items_section(runs: Sequence[Run]) -> list[Block]:
     blocks: list[Block] = []
     for run in runs:
-        forget = run.splits.get("forget") or {}
-        items = forget.get("items") or []
+        forget = run.eval.forget_split
+        items = run.eval.split_items(forget)
         if not items:
             continue
         metrics = [
             name
-            for name in _in_order([forget.get("aggregates") or {}], ("truth_ratio",))
+            for name in _in_order([run.eval.metric_names(forget)], ("truth_ratio",))
             if any(name in item for item in items)
         ]
         rows = [

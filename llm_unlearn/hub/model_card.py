@@ -10,13 +10,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult as HubEvalResult
+from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from llm_unlearn.deletion.report import REPORT_MD
-from llm_unlearn.evaluation.gate import Measurement, eval_values
+from llm_unlearn.embedded import EMBEDDED, EMBEDDED_INSTALL
 from llm_unlearn.evaluation.report import MAIN_METRICS, SUMMARY_KEYS
+from llm_unlearn.evaluation.results import SPLIT_STATISTICS, EvalResult, Measurement
 from llm_unlearn.hub.run_directory import (
     EMBEDDED_HUB_ID,
     PushError,
@@ -26,7 +28,6 @@ from llm_unlearn.hub.run_directory import (
     read_run_directory,
     upstream_hub_model,
 )
-from llm_unlearn.models import EMBEDDED, EMBEDDED_INSTALL
 
 # The license of EMBEDDED_HUB_ID, which the card of a model derived from it states unless given another.
 EMBEDDED_LICENSE = "apache-2.0"
@@ -53,40 +54,38 @@ def _finite(measurement: Measurement) -> bool:
     return math.isfinite(measurement.value)
 
 
-def _card_metrics(result: Mapping[str, Any]) -> list[tuple[str | None, list[str]]]:
+def _card_metrics(result: EvalResult) -> list[tuple[str | None, list[str]]]:
     """The metrics a card reports, grouped by what they were measured on: the summary, each split's key metric
     means (the report's main metrics), and the membership-inference AUCs. Names are the gate's names."""
-    summary = result.get("summary") or {}
+    summary = result.summary_names()
     groups: list[tuple[str | None, list[str]]] = [
         (
             None,
             [key for key in SUMMARY_KEYS if key in summary] + [k for k in summary if k not in SUMMARY_KEYS],
         )
     ]
-    for split, body in (result.get("splits") or {}).items():
-        aggregates = body.get("aggregates") or {}
-        groups.append((split, [f"{split}/{metric}" for metric in MAIN_METRICS if metric in aggregates]))
-    mia = result.get("mia") or {}
-    if mia.get("scores"):
-        pair = f"{mia.get('members', 'forget')} vs {mia.get('nonmembers', 'holdout')}"
-        groups.append((pair, [f"mia/{score}" for score in mia["scores"]]))
+    for split in result.split_names():
+        recorded = result.metric_names(split)
+        groups.append((split, [f"{split}/{metric}" for metric in MAIN_METRICS if metric in recorded]))
+    if result.mia_splits is not None:
+        members, nonmembers = result.mia_splits
+        groups.append((f"{members} vs {nonmembers}", [f"mia/{score}" for score in result.mia_aucs()]))
     return [(group, names) for group, names in groups if names]
 
 
-def card_eval_results(result: Mapping[str, Any], *, dataset: str | None = None) -> list[EvalResult]:
+def card_eval_results(result: EvalResult, *, dataset: str | None = None) -> list[HubEvalResult]:
     """The model-index entries of an eval result: summary values, per-split means of the key metrics and MIA
     AUCs, each named as `llm-unlearn gate` names it (`forget_quality`, `forget/probability`, `mia/min_k`); NaN
     values (a metric that could not be computed) are left out."""
-    values = eval_values(result, "eval.json", "eval.json")
-    suite = str(result.get("suite") or "eval")
+    suite = result.suite or "eval"
     results = []
     for group, names in _card_metrics(result):
         for name in names:
-            measurement = values.measure(name)
+            measurement = result.measure(name)
             if not _finite(measurement):
                 continue
             results.append(
-                EvalResult(
+                HubEvalResult(
                     task_type=TASK_TYPE,
                     task_name="Machine unlearning evaluation",
                     dataset_type=dataset or suite,
@@ -114,13 +113,14 @@ def _format_measurement(measurement: Measurement) -> str:
     return text
 
 
-def _describe(name: str, entry: Any) -> str:
+def _describe(name: str) -> str:
     if name in METRIC_DESCRIPTIONS:
         return METRIC_DESCRIPTIONS[name]
     first, _, rest = name.partition("/")
     if first == "mia":
         return f"AUC of the `{rest}` membership-inference score, forget items against never-trained ones (0.5: chance)"
-    kind = "mean of " if isinstance(entry, Mapping) and "mean" in entry else ""
+    # A summary value, or a statistic of the split as a whole, is not a mean over items.
+    kind = "mean of " if rest and rest not in SPLIT_STATISTICS else ""
     return f"{kind}`{rest}` on the `{first}` items"
 
 
@@ -242,18 +242,17 @@ def _eval_section(run: RunDirectory) -> list[str]:
             "--model_name_or_path RUN_DIR --output_dir RUN_DIR`) and push again.",
             "",
         ]
-    values = eval_values(result, "eval.json", "eval.json")
     rows = [
-        (f"`{name}`", _format_measurement(values.measure(name)), _describe(name, values.entries[name]))
+        (f"`{name}`", _format_measurement(result.measure(name)), _describe(name))
         for _, names in _card_metrics(result)
         for name in names
     ]
-    splits = result.get("splits") or {}
-    counts = ", ".join(f"{split} {body.get('num_items', 'n/a')}" for split, body in splits.items())
+    sizes = {split: result.num_items(split) for split in result.split_names()}
+    counts = ", ".join(f"{split} {'n/a' if n is None else n}" for split, n in sizes.items())
     lines = [
         "## Evaluation",
         "",
-        f"Suite `{result.get('suite', 'unnamed')}`; items per split: {counts or 'none'}. Values with a 95% bootstrap "
+        f"Suite `{result.suite or 'unnamed'}`; items per split: {counts or 'none'}. Values with a 95% bootstrap "
         "interval in brackets and the number of items; names as `llm-unlearn gate` checks them. eval.json holds "
         "every aggregate, the robustness attacks and the per-item numbers; report.md and report.html show them "
         "with plots.",
@@ -261,7 +260,7 @@ def _eval_section(run: RunDirectory) -> list[str]:
         *_table(["metric", "value", "meaning"], rows),
         "",
     ]
-    if result.get("reference_eval") is None:
+    if result.reference_eval is None:
         lines += ["No retain-model eval was given, so forget quality and PrivLeak could not be computed.", ""]
     return lines
 
@@ -344,7 +343,7 @@ def _usage_section(repo_id: str, full_weights: bool, base: str | None) -> list[s
             "",
             *_python(
                 *imports,
-                "from llm_unlearn.models import embedded_checkpoint",
+                "from llm_unlearn.embedded import embedded_checkpoint",
                 "",
                 "base = AutoModelForCausalLM.from_pretrained(embedded_checkpoint())",
                 merged,

