@@ -21,8 +21,8 @@ from unittest import mock
 
 import torch
 
-from llm_unlearn.commands import evaluate
-from llm_unlearn.evaluation import evaluate_splits, evaluator, load_eval
+from llm_unlearn.evaluation import EvalResult, evaluate_splits, evaluator, load_eval
+from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.models import load_model_and_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,12 +82,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    flags = ["--config", args.suite, "--model_name_or_path", args.model, "--output_dir", "unused"]
+    suite = Suite.from_yaml(args.suite)
     if not args.attacks:
-        flags += ["--attacks", "none"]
-    (script_args,) = evaluate.make_parser().parse_args_and_config(flags)
-    datasets, fewshot = script_args.load_eval_splits()
-    config = script_args.eval_config(fewshot)
+        suite = suite.without_attacks()
+    datasets, config = suite.load()
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype)
     model.to(args.device)
     reference = load_eval(args.reference_eval) if args.reference_eval else None
@@ -99,12 +97,13 @@ def main() -> None:
     clock = ModelClock(model)
     with mock.patch("torch.autograd.grad", clock.timed_grad):
         started = time.perf_counter()
-        result = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+        document = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
         wall = time.perf_counter() - started
 
-    items = {name: split["num_items"] for name, split in result["splits"].items()}
+    result = EvalResult(document)
+    items = {name: result.num_items(name) for name in result.split_names()}
     print(
-        f"suite {script_args.suite} on {args.model} ({args.dtype}, {model.device}), {torch.get_num_threads()} "
+        f"suite {suite.suite} on {args.model} ({args.dtype}, {model.device}), {torch.get_num_threads()} "
         f"threads; items per split: {items}"
     )
     print(f"{'metric family':<28}{'seconds':>9}{'share':>8}")

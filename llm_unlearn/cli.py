@@ -7,19 +7,19 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any
 
 from llm_unlearn.resources import config_path
 
 # Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
 # loading transformers and trl takes seconds.
 COMMANDS = {
-    "demo": ("llm_unlearn.demo", "Offline end-to-end run: fine-tune, unlearn, evaluate, print a table."),
+    "demo": ("llm_unlearn.commands.demo", "Offline end-to-end run: fine-tune, unlearn, evaluate, print a table."),
     "finetune": ("llm_unlearn.commands.finetune", "Fine-tune the target model or the retain model."),
     "unlearn": ("llm_unlearn.commands.unlearn", "Unlearn a forget set with a registered method."),
+    "methods": ("llm_unlearn.commands.methods", "List the unlearning methods, or show one method's method_args."),
     "eval": ("llm_unlearn.commands.evaluate", "Evaluate a model on forget/retain data; write eval.json."),
     "gate": (
-        "llm_unlearn.evaluation.gate",
+        "llm_unlearn.commands.gate",
         "Check eval.json against thresholds; exit 0 pass, 1 fail, 2 bad input.",
     ),
     "report": ("llm_unlearn.commands.report", "Write report.md and report.html (plots) from eval.json."),
@@ -50,27 +50,6 @@ def with_packaged_configs(args: list[str]) -> list[str]:
         else:
             replaced.append(config_path(arg))
     return replaced
-
-
-class OptionalPositional(argparse.Action):
-    """A positional argument that may also come as `--name` or from `--config`: when it is absent from the command
-    line nothing is stored, so the flag's or the config's value stands (`llm-unlearn gate EVAL_JSON`,
-    `llm-unlearn report RUN_DIR...`)."""
-
-    # TrlParser gives every action whose dest is a config key the config's value as default, and argparse stores
-    # an absent positional's default last, over the flag given on the command line. A default that is always
-    # SUPPRESS makes argparse skip the absent positional.
-    default = property(lambda self: argparse.SUPPRESS, lambda self, value: None)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        if values:
-            setattr(namespace, self.dest, values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,31 +1,32 @@
-"""`llm-unlearn demo`: the offline end-to-end run. Fine-tune a target model (all subjects) and a retain model
+"""The offline end-to-end run behind `llm-unlearn demo`. Fine-tune a target model (all subjects) and a retain model
 (forget subjects left out), unlearn the forget subjects from the target, evaluate all three with the built-in
 suite (eval/builtin.yaml), print a table and write a comparison report.
 
-Each phase is a recipe run from the YAML configs in `configs/builtin/`, so the demo is exactly what a user gets
-from `accelerate launch recipes/... --config configs/builtin/...`. The configs and the suite are the copies
+Each phase runs a recipe YAML of `configs/builtin/` through the library's entry points (`finetune`, `unlearn`,
+`evaluate_model`), the ones `accelerate launch recipes/... --config configs/builtin/...` calls. The configs and the suite are the copies
 packaged with llm_unlearn (`llm_unlearn.resources`), so the demo runs from any directory.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trl import TrlParser
-
-from llm_unlearn.commands import evaluate, finetune, unlearn
-from llm_unlearn.evaluation import load_eval
+from llm_unlearn.config_files import load_arguments
+from llm_unlearn.embedded import EMBEDDED, embedded_checkpoint
 from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.evaluation.results import load_eval
+from llm_unlearn.evaluation.runner import EVAL_FILE, evaluate_model
+from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.files import check_output_dir, write_json_atomic
+from llm_unlearn.finetune import FINETUNE_ARGUMENTS, finetune
 from llm_unlearn.methods import METHODS, get_method
-from llm_unlearn.models import EMBEDDED, embedded_checkpoint
+from llm_unlearn.models import ModelArguments
 from llm_unlearn.resources import packaged_path
+from llm_unlearn.unlearn import UNLEARN_ARGUMENTS, unlearn
 
 PACKAGED_CONFIGS = packaged_path("configs/builtin")
 PACKAGED_SUITE = packaged_path("eval/builtin.yaml")
@@ -109,41 +110,24 @@ class DemoArguments:
         specific = Path(self.configs_dir) / f"{method}_{self.mode}.yaml"
         return specific if specific.is_file() else self.config(f"graddiff_{self.mode}")
 
-    def data_overrides(self) -> list[str]:
-        args = []
+    def data_overrides(self) -> dict[str, Any]:
+        """The data options every phase takes from the demo's arguments instead of its config."""
+        overrides: dict[str, Any] = {}
         if self.dataset is not None:
-            args += ["--dataset", self.dataset]
+            overrides["dataset"] = self.dataset
         if self.dataset_config is not None:
-            args += ["--dataset_config", self.dataset_config]
+            overrides["dataset_config"] = self.dataset_config
         if self.forget_subjects:
-            args += ["--forget_subjects", *self.forget_subjects]
-        return args
+            overrides["forget_subjects"] = list(self.forget_subjects)
+        return overrides
 
 
-def run_recipe(module: Any, args: list[str]) -> Any:
-    """Parse `args` with the recipe's own parser (so configs and flags behave as on the command line) and run."""
-    return module.main(*module.make_parser().parse_args_and_config(args))
-
-
-def _timed(phases: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
+def _timed(phases: dict[str, float], name: str, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     print(f"\n== {name} ==", flush=True)
     started = time.perf_counter()
-    result = work()
+    result = work(*args, **kwargs)
     phases[name] = round(time.perf_counter() - started, 2)
     return result
-
-
-def summary_row(eval_result: dict[str, Any]) -> dict[str, float]:
-    """One model's numbers: the mean of each per-split metric, and the suite-level summary values."""
-    row = {}
-    for split, values in eval_result["splits"].items():
-        for metric, aggregate in values["aggregates"].items():
-            row[f"{split}/{metric}"] = aggregate["mean"] if "mean" in aggregate else aggregate["value"]
-    for score, value in eval_result.get("mia", {}).get("scores", {}).items():
-        row[f"mia/{score}"] = math.nan if value.get("auc") is None else value["auc"]
-    for name, value in eval_result.get("summary", {}).items():
-        row[f"suite/{name}"] = math.nan if value.get("value") is None else value["value"]
-    return row
 
 
 def _short(column: str) -> str:
@@ -187,59 +171,59 @@ def check_forgetting(target: dict[str, float], unlearned: dict[str, float]) -> d
     }
 
 
-def main(args: DemoArguments) -> dict[str, Any]:
-    """Run the whole demo and write `output_dir/demo.json`."""
+def run_demo(args: DemoArguments) -> dict[str, Any]:
+    """Run the whole demo, write `output_dir/demo.json` and return what it holds."""
     started = time.perf_counter()
     out = check_output_dir(args.output_dir, args.overwrite).resolve()
     phases: dict[str, float] = {}
     if args.model == EMBEDDED:
         _timed(phases, "prepare_model", embedded_checkpoint)
     data = args.data_overrides()
-    overwrite = ["--overwrite", "true"] if args.overwrite else []
     methods = args.method_names()
     # One method keeps the plain name "unlearned"; a comparison names each model by its method.
     unlearned = {"unlearned": methods[0]} if len(methods) == 1 else {method: method for method in methods}
     dirs = {name: out / name for name in ("target", "retain", *unlearned)}
-
-    def recipe(phase: str, module: Any, config: Path, *flags: str) -> Any:
-        return _timed(phases, phase, lambda: run_recipe(module, ["--config", str(config), *flags, *data]))
-
-    finetune_flags = ["--model_name_or_path", args.model, *overwrite]
-    if args.finetune_epochs:
-        finetune_flags += ["--num_train_epochs", str(args.finetune_epochs)]
+    finetune_epochs = {"num_train_epochs": args.finetune_epochs} if args.finetune_epochs else {}
     for name, train_on in (("target", "all"), ("retain", "retain")):
-        recipe(f"finetune_{name}", finetune, args.config("finetune"), "--train_on", train_on,
-               "--output_dir", str(dirs[name]), *finetune_flags)  # fmt: skip
-    unlearn_flags = ["--model_name_or_path", str(dirs["target"]), *overwrite]
-    if args.unlearn_epochs:
-        unlearn_flags += ["--num_train_epochs", str(args.unlearn_epochs)]
-    eval_flags = ["--max_items", str(args.max_eval_items)] if args.max_eval_items else []
+        data_args, training_args, model_args = load_arguments(
+            FINETUNE_ARGUMENTS, args.config("finetune"), model_name_or_path=args.model, train_on=train_on,
+            output_dir=str(dirs[name]), **finetune_epochs, **data,
+        )  # fmt: skip
+        _timed(phases, f"finetune_{name}", finetune, model_args, data_args, training_args, overwrite=args.overwrite)
+    unlearn_epochs = {"num_train_epochs": args.unlearn_epochs} if args.unlearn_epochs else {}
+    eval_items = {"max_items": args.max_eval_items} if args.max_eval_items else {}
     rows, seconds = {}, {}
     # The retain model is evaluated first: its per-item values are the reference for forget quality, PrivLeak
     # and the reference membership score. Of the attacks it runs the two whose result on a model that never
     # saw the forget set is the control for the unlearned model's: relearning (what the attack itself teaches)
     # and leak@k (what sampling guesses by chance). The target has forgotten nothing for an attack to bring back.
-    attacks = {"retain": ["--attacks", "relearn", "leak_at_k"], "target": ["--attacks", "none"]}
+    attacks = {"retain": ["relearn", "leak_at_k"], "target": []}
     for name in ("retain", "target", *unlearned):
-        reference = [] if name == "retain" else ["--reference_eval", str(dirs["retain"] / "eval.json")]
-        reference += attacks.get(name, [])
         if name in unlearned:
             phase = f"unlearn_{name}" if len(methods) > 1 else "unlearn"
-            recipe(phase, unlearn, args.unlearn_config(unlearned[name]), "--method", unlearned[name],
-                   "--output_dir", str(dirs[name]), *unlearn_flags)  # fmt: skip
+            data_args, training_args, model_args = load_arguments(
+                UNLEARN_ARGUMENTS, args.unlearn_config(unlearned[name]), model_name_or_path=str(dirs["target"]),
+                method=unlearned[name], output_dir=str(dirs[name]), **unlearn_epochs, **data,
+            )  # fmt: skip
+            _timed(phases, phase, unlearn, model_args, data_args, training_args, overwrite=args.overwrite)
             seconds[name] = phases[phase]
-        path = recipe(f"eval_{name}", evaluate, Path(args.eval_suite), "--model_name_or_path", str(dirs[name]),
-                      "--output_dir", str(dirs[name]), "--overwrite", "true", *reference, *eval_flags)  # fmt: skip
-        rows[name] = summary_row(load_eval(path))
+        suite_options: dict[str, Any] = {**data, **eval_items}
+        if name != "retain":
+            suite_options["reference_eval"] = str(dirs["retain"] / EVAL_FILE)
+        if name in attacks:
+            suite_options["attacks"] = attacks[name]
+        suite = Suite.from_yaml(args.eval_suite, **suite_options)
+        model_args = ModelArguments(model_name_or_path=str(dirs[name]))
+        path = _timed(phases, f"eval_{name}", evaluate_model, model_args, suite, dirs[name], overwrite=True)
+        rows[name] = load_eval(path).row()
     rows = {name: rows[name] for name in dirs}
     report_md, report_html = _timed(
         phases, "report", lambda: write_report(list(dirs.values()), out / "report")
     )
     checks = {name: check_forgetting(rows["target"], rows[name]) for name in unlearned}
     seconds.update({name: phases[f"finetune_{name}"] for name in ("target", "retain")})
-    table = format_table({name: {c: row[c] for c in TABLE_COLUMNS if c in row} for name, row in rows.items()},
-                         phases, seconds)  # fmt: skip
     summary = {
+        "output_dir": str(out),
         "models": {name: str(path) for name, path in dirs.items()},
         "methods": unlearned,
         "mode": args.mode,
@@ -251,21 +235,22 @@ def main(args: DemoArguments) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(summary, out / "demo.json")
-    print("\n" + table + "\n")
-    for name, check in checks.items():
-        print(
+    return summary
+
+
+def render(summary: dict[str, Any]) -> str:
+    """What the demo prints at the end: the table, each unlearned model's checks, where the report and results
+    are."""
+    rows = {name: {c: row[c] for c in TABLE_COLUMNS if c in row} for name, row in summary["table"].items()}
+    lines = ["", format_table(rows, summary["phases_s"], summary["train_seconds"]), ""]
+    for name, check in summary["checks"].items():
+        lines.append(
             f"{name}: forget probability / target = {check['forget_probability_ratio']:.3f} "
             f"(needs <= {MAX_FORGET_RATIO}): {'PASS' if check['forget_passed'] else 'FAIL'}; "
             f"retain probability change = {check['retain_probability_change']:.1%} "
             f"(needs <= {MAX_RETAIN_CHANGE:.0%}): {'PASS' if check['retain_passed'] else 'FAIL'}"
         )
-    print(f"report: {report_html} (and {report_md.name} beside it)")
-    print(f"total wall time {summary['wall_time_s']:.0f} s; results in {out / 'demo.json'}")
-    return summary
-
-
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    """The demo's parser."""
-    if subparsers is not None:
-        return subparsers.add_parser("demo", help=__doc__.splitlines()[0], dataclass_types=[DemoArguments])
-    return TrlParser([DemoArguments], prog=prog)
+    report = Path(summary["report"]["html"])
+    lines.append(f"report: {report} (and {Path(summary['report']['markdown']).name} beside it)")
+    lines.append(f"total wall time {summary['wall_time_s']:.0f} s; results in {Path(summary['output_dir']) / 'demo.json'}")
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +25,22 @@ import torch
 from accelerate.utils import send_to_device
 from datasets import Dataset
 from peft import PeftModel
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
-from llm_unlearn.data.formatting import VIEW_SEPARATOR, view_column
+from llm_unlearn.data.formatting import (
+    VIEW_SEPARATOR,
+    PaddingCollator,
+    tokenize_dataset,
+    tokenize_views,
+    view_column,
+)
 from llm_unlearn.methods import UnlearnStep, get_method
 from llm_unlearn.methods.logprobs import sequence_logprob
 
@@ -98,8 +111,9 @@ class UnlearnConfig(TrainingArguments):
                 ) from None
         if self.method_args is not None and not isinstance(self.method_args, dict):
             raise ValueError(f"method_args must be a mapping, got {type(self.method_args).__name__}.")
-        # Validates the name and the hyperparameters now, before any model is loaded.
-        get_method(self.method).make_config(self.method_args)
+        # Built here, once, so a bad name or hyperparameter fails before any model is loaded. Not a dataclass
+        # field: run.json records `method_args`, and TrainingArguments serializes its fields only.
+        self.method_config = get_method(self.method).make_config(self.method_args)
 
     def _check_eval_fields(self) -> None:
         """The eval-during-unlearning fields go together; checked before any model or data is loaded."""
@@ -124,6 +138,8 @@ class UnlearnConfig(TrainingArguments):
 
 logger = logging.getLogger(__name__)
 REFERENCE_LOGPROB = "ref_seq_logprob"
+# A dataset with this column is tokenized already.
+TOKENIZED = "input_ids"
 
 
 class RetainStream:
@@ -209,7 +225,13 @@ class SafeguardStopCallback(TrainerCallback):
 
 
 class UnlearnTrainer(Trainer):
-    """Trainer for unlearning: `train_dataset` is the tokenized forget set, `retain_dataset` the retain set."""
+    """Trainer for unlearning: `train_dataset` is the forget set, `retain_dataset` the retain set.
+
+    Datasets of question/answer rows are tokenized here with `processing_class`, the forget set with the extra
+    answers the method asks for (`forget_views`, e.g. DPO's preferred answer) and `prompt_format` (the keyword
+    arguments of `tokenize_dataset`: template, system_prompt, max_length); datasets that already hold
+    `input_ids` are used as they are, as TRL's trainers do.
+    """
 
     def __init__(
         self,
@@ -217,17 +239,40 @@ class UnlearnTrainer(Trainer):
         args: UnlearnConfig,
         train_dataset: Dataset,
         retain_dataset: Dataset | None = None,
+        *,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        prompt_format: Mapping[str, Any] | None = None,
+        data_collator: Any = None,
         **kwargs: Any,
     ) -> None:
-        method = get_method(args.method)
-        self.method = method
-        self.method_config = method.make_config(args.method_args)
+        self.method = get_method(args.method)
+        self.method_config = args.method_config
         if self.method_config.uses_retain and retain_dataset is None:
-            raise ValueError(f"method {method.name!r} needs a retain set, and none was given.")
+            raise ValueError(f"method {self.method.name!r} needs a retain set, and none was given.")
+        untokenized = [data for data in (train_dataset, retain_dataset) if data is not None]
+        untokenized = [data for data in untokenized if TOKENIZED not in data.column_names]
+        if processing_class is None and (untokenized or data_collator is None):
+            raise ValueError(
+                "UnlearnTrainer needs processing_class (the tokenizer) to tokenize question/answer rows and pad "
+                "batches; pass it, or tokenized datasets and a data_collator."
+            )
+        prompt_format = dict(prompt_format or {})
+        if TOKENIZED not in train_dataset.column_names:
+            views = self.method_config.forget_views()
+            train_dataset = tokenize_views(train_dataset, processing_class, views, **prompt_format)
+        if retain_dataset is not None and TOKENIZED not in retain_dataset.column_names:
+            retain_dataset = tokenize_dataset(retain_dataset, processing_class, **prompt_format)
         # The batches carry their own masks and labels; our loss reads them, the model never sees `labels`.
         args.remove_unused_columns = False
         self.method_config.configure_model(model)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator or PaddingCollator(processing_class.pad_token_id),
+            **kwargs,
+        )
         # Losses are per-example means, so Trainer must divide by the accumulation steps itself.
         self.loss_is_scaled_for_ga = False
         self.retain_dataset = retain_dataset

@@ -9,7 +9,11 @@ import yaml
 
 from llm_unlearn import demo
 from llm_unlearn.commands import evaluate, finetune, sisa, unlearn
+from llm_unlearn.config_files import load_arguments
+from llm_unlearn.finetune import FINETUNE_ARGUMENTS
 from llm_unlearn.methods import METHODS
+from llm_unlearn.sisa.train import data_source, load_training_data
+from llm_unlearn.unlearn import UNLEARN_ARGUMENTS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,7 +38,7 @@ def test_builtin_configs_parse_and_select_data(path, tmp_path):
     data_args = parsed[0]
     if module is sisa:
         # SISA trains on every subject (no forget selection): the 10 people's 80 examples.
-        assert len(sisa.load_training_data(data_args.data_record())) == 80
+        assert len(load_training_data(data_source(data_args))) == 80
         return
     split = data_args.load_split()
     assert len(split.forget) == 16 and len(split.retain) == 64 and len(split.holdout) == 32
@@ -99,21 +103,23 @@ def test_table_has_a_row_per_model_and_phase_times():
     assert "unlearn 12.3" in table
 
 
-def test_recipes_register_as_subcommands_of_a_trl_parser(tmp_path):
-    """`make_parser(subparsers)` (TRL's script convention) gives a subcommand that reads configs."""
-    import argparse
+@pytest.mark.parametrize(
+    "path", [p for p in sorted((CONFIGS / "builtin").glob("*.yaml")) if not p.stem.startswith("sisa")],
+    ids=lambda p: p.name,
+)
+def test_the_library_reads_a_config_as_the_command_parses_it(path, tmp_path):
+    """The demo and the deletion pipeline read recipe YAMLs with `load_arguments`, the commands with TrlParser:
+    the two give equal arguments, so a recipe run from Python is the recipe run from the command line."""
+    from dataclasses import asdict
 
-    from trl import TrlParser
-
-    root = argparse.ArgumentParser(prog="x")
-    subparsers = root.add_subparsers(dest="command", parser_class=TrlParser)
-    parsers = {module: module.make_parser(subparsers) for module in (finetune, unlearn, evaluate, demo)}
-    assert all(isinstance(parser, TrlParser) for parser in parsers.values())
-    config = CONFIGS / "builtin" / "npo_lora.yaml"
-    _, training_args, _ = parsers[unlearn].parse_args_and_config(
-        ["--config", str(config), "--output_dir", str(tmp_path)]
-    )
-    assert training_args.method == "npo" and training_args.method_args["beta"] == 0.1
+    module = recipe_for(path)
+    types = FINETUNE_ARGUMENTS if module is finetune else UNLEARN_ARGUMENTS
+    loaded = load_arguments(types, path, output_dir=str(tmp_path))
+    parsed = module.make_parser().parse_args_and_config(["--config", str(path), "--output_dir", str(tmp_path)])
+    for expected, got in zip(loaded, parsed, strict=True):
+        assert isinstance(got, type(expected))
+        got_fields = asdict(got)
+        assert {key: got_fields[key] for key in asdict(expected)} == asdict(expected)
 
 
 UNLEARN_CONFIGS = sorted(

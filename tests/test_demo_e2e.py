@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from llm_unlearn.evaluation.results import load_eval
+
 pytest.importorskip("gguf")
 
 
@@ -36,16 +38,16 @@ def test_demo_runs_offline_on_embedded_model(tmp_path):
     assert unlearn_record["method"] == "graddiff" and unlearn_record["mode"] == "lora"
     assert set(summary["checks"]) == {"unlearned"} and summary["train_seconds"]["unlearned"] > 0
     assert unlearn_record["data"]["forget"]["subject_ids"] == ["person-0000"]
-    evaluation = json.loads((out / "unlearned" / "eval.json").read_text())
-    assert evaluation["splits"]["forget"]["num_items"] == 4
+    evaluation = load_eval(out / "unlearned" / "eval.json")
+    assert evaluation.num_items("forget") == 4
     # The unlearning must have moved the forget set away from the target, whatever the slice size.
     target, unlearned = summary["table"]["target"], summary["table"]["unlearned"]
     assert unlearned["forget/probability"] < target["forget/probability"]
     # The full suite ran: membership inference against the holdout people, the summary against the retain
     # model, the robustness attacks on the unlearned model, and one report over the three models.
-    assert set(evaluation["mia"]["scores"]) >= {"loss", "min_k", "gradnorm", "loss_minus_reference"}
-    assert evaluation["summary"]["privleak"]["value"] is not None
-    assert set(evaluation["attacks"]) == {
+    assert set(evaluation.mia_aucs()) >= {"loss", "min_k", "gradnorm", "loss_minus_reference"}
+    assert evaluation.summary_value("privleak") is not None
+    assert set(evaluation.attacks()) == {
         "quantize_8bit",
         "quantize_4bit",
         "relearn",

@@ -17,6 +17,7 @@ import yaml
 from conftest import cpu_processes_env
 
 from llm_unlearn.commands import evaluate
+from llm_unlearn.evaluation.results import load_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 # What may differ between a 1- and a 2-process run: how long the passes took and how many processes ran.
@@ -143,7 +144,7 @@ def test_eval_under_two_processes_writes_the_numbers_of_one(tiny_model_dir, tmp_
     common = ["--config", str(config), "--model_name_or_path", tiny_model_dir]
     evaluate.main(*evaluate.make_parser().parse_args_and_config([*common, "--output_dir", str(one)]))
     torchrun(ROOT / "eval" / "run.py", *common, "--output_dir", str(two), cwd=tmp_path)
-    single, double = (json.loads((path / "eval.json").read_text()) for path in (one, two))
+    single, double = (load_eval(path / "eval.json").to_dict() for path in (one, two))
     assert {split: result["num_items"] for split, result in double["splits"].items()} == {
         "forget": 3, "holdout": 3, "retain": 3, "world_facts": 3,
     }  # fmt: skip
@@ -183,16 +184,16 @@ def test_unlearning_with_eval_under_two_processes_logs_the_numbers_of_one(tiny_m
     best = json.loads((out / "best" / "best.json").read_text())
     assert best["step"] in (2, 3) and (out / "best" / "model.safetensors").is_file()
     # The numbers logged before training are those of the same model evaluated in one process.
-    from llm_unlearn.commands.unlearn import load_eval_suite
-    from llm_unlearn.evaluation import evaluate_splits
+    from llm_unlearn.evaluation.results import EvalResult
+    from llm_unlearn.evaluation.runner import evaluate
+    from llm_unlearn.evaluation.suite import Suite
     from llm_unlearn.models import load_model_and_tokenizer
 
     logged = next(entry for entry in record["log_history"] if "eval/forget/probability" in entry)
     assert logged["step"] == 0
-    eval_suite = load_eval_suite(str(config), tiny_model_dir, str(tmp_path / "unused"))
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
-    expected = evaluate_splits(model, tokenizer, eval_suite.splits, eval_suite.config)
+    expected = EvalResult(evaluate(model, tokenizer, Suite.from_yaml(config)))
     for split in ("forget", "retain"):
         for metric in ("probability", "rouge_l_recall"):
-            mean = expected["splits"][split]["aggregates"][metric]["mean"]
+            mean = expected.mean(split, metric)
             assert logged[f"eval/{split}/{metric}"] == pytest.approx(mean, rel=1e-5, abs=1e-6)

@@ -16,9 +16,12 @@ from transformers import TrainerCallback
 
 from llm_unlearn.commands import unlearn
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_views
-from llm_unlearn.evaluation import EvalConfig, evaluate_splits
+from llm_unlearn.evaluation import EvalConfig, EvalResult, evaluate_splits
 from llm_unlearn.evaluation import callback as callback_module
 from llm_unlearn.evaluation.callback import UnlearningEvalCallback
+from llm_unlearn.evaluation.results import EvalResultBuilder, load_eval
+from llm_unlearn.evaluation.runner import evaluate
+from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.models import load_model_and_tokenizer
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
@@ -53,13 +56,14 @@ class ScriptedEval:
         self.steps.append(self.trainer.state.global_step)
         self.training_during_eval.append(model.training)
         value = self.values.pop(0)
-        return {
-            "splits": {"forget": {"aggregates": {"probability": {"mean": value, "n": 4}}}},
-            "summary": {
-                "forget_quality": {"value": value},
-                "privleak": {"value": None, "reason": "no reference eval given"},
-            },
-        }
+        return (
+            EvalResultBuilder()
+            .split("forget", {"probability": value}, num_items=4)
+            .summary("forget_quality", value)
+            .summary("privleak", None, reason="no reference eval given")
+            .build()
+            .to_dict()
+        )
 
 
 class BestRecorder(TrainerCallback):
@@ -140,7 +144,7 @@ def test_best_is_saved_only_when_the_metric_improves(
     assert record["step"] == best_step and record["metric"] == best_metric
     assert record["value"] == best_value and record["greater_is_better"] is greater_is_better
     assert record["logged"]["eval/forget/probability"] == best_value
-    assert json.loads((best / "eval.json").read_text())["summary"]["forget_quality"]["value"] == best_value
+    assert load_eval(best / "eval.json").summary_value("forget_quality") == best_value
     assert (best / "model.safetensors").is_file() and (best / "tokenizer.json").is_file()
     # The swap into place leaves no staging directory behind.
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["best"]
@@ -229,15 +233,12 @@ def test_real_evaluation_leaves_train_mode_and_gradients_untouched(tiny_model, t
     result = callback.evaluate(step=3)
     assert model.training
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
-    expected = evaluate_splits(model.eval(), tiny_tokenizer, splits, config)
-    mean = expected["splits"]["retain"]["aggregates"]["probability"]["mean"]
-    assert result["splits"]["retain"]["aggregates"]["probability"]["mean"] == pytest.approx(mean, rel=1e-6)
+    expected = EvalResult(evaluate_splits(model.eval(), tiny_tokenizer, splits, config))
+    mean = expected.mean("retain", "probability")
+    assert result.mean("retain", "probability") == pytest.approx(mean, rel=1e-6)
     logged = trainer.state.log_history[-1]
     assert logged["eval/retain/probability"] == pytest.approx(mean, rel=1e-6)
-    assert (
-        logged["eval/forget/rouge_l_recall"]
-        == expected["splits"]["forget"]["aggregates"]["rouge_l_recall"]["mean"]
-    )
+    assert logged["eval/forget/rouge_l_recall"] == expected.mean("forget", "rouge_l_recall")
 
 
 @pytest.fixture
@@ -283,8 +284,7 @@ def test_unlearn_recipe_keeps_a_loadable_best_adapter(tiny_model_dir, qa_file, t
     assert (out / "best" / "adapter_model.safetensors").is_file()
     # best/ is the model of the recorded step: evaluated again it gives the recorded number.
     model, tokenizer = load_model_and_tokenizer(str(out / "best"))
-    suite = unlearn.load_eval_suite(str(eval_config), tiny_model_dir, str(tmp_path / "unused"))
-    again = evaluate_splits(model, tokenizer, suite.splits, suite.config)
+    again = evaluate(model, tokenizer, Suite.from_yaml(eval_config))
     assert again["splits"]["retain"]["aggregates"]["probability"]["mean"] == pytest.approx(
         best["value"], rel=1e-4
     )

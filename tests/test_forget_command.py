@@ -15,8 +15,10 @@ import pytest
 import torch
 import yaml
 
-from llm_unlearn.commands import evaluate, forget, sisa, unlearn
+from llm_unlearn import unlearn
+from llm_unlearn.commands import forget, sisa
 from llm_unlearn.data.schema import DataError
+from llm_unlearn.deletion import paths, pipeline
 from llm_unlearn.deletion.ledger import Ledger
 from llm_unlearn.deletion.report import EXACT_GUARANTEE, REPORT_MD, verify_report
 
@@ -57,7 +59,7 @@ def setup(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
 
 def forget_args(setup: dict[str, str], out: Path, *extra: str) -> list[str]:
     return [
-        "--model", setup["model"], "--data", setup["data"], "--recipe", setup["recipe"], "--suite", setup["suite"],
+        "--model_name_or_path", setup["model"], "--dataset", setup["data"], "--recipe", setup["recipe"], "--suite", setup["suite"],
         "--output_dir", str(out), *extra,
     ]  # fmt: skip
 
@@ -72,17 +74,24 @@ def kill_self(*args, **kwargs) -> None:
 
 def run_and_kill(moment: str, args: list[str]) -> None:
     """Run the command in this (forked) process and SIGKILL it at `moment` of the unlearn step."""
+    finish_step = Ledger.finish_step
     if moment == "after the step was recorded":
-        os.environ[forget.KILL_AFTER_STEP_ENV] = "unlearn"
-    elif moment == "after the output landed, before it was recorded":
-        finish_step = Ledger.finish_step
 
         def finish_then_kill(self, request_id, step, *rest, **kwargs):
+            finished = finish_step(self, request_id, step, *rest, **kwargs)
+            if step == "unlearn":
+                kill_self()
+            return finished
+
+        Ledger.finish_step = finish_then_kill
+    elif moment == "after the output landed, before it was recorded":
+
+        def kill_before_finishing(self, request_id, step, *rest, **kwargs):
             if step == "unlearn":
                 kill_self()
             return finish_step(self, request_id, step, *rest, **kwargs)
 
-        Ledger.finish_step = finish_then_kill
+        Ledger.finish_step = kill_before_finishing
     else:  # while training, before the recipe moves its output into place
         unlearn.finish_run = kill_self
     run_forget(args)
@@ -92,13 +101,16 @@ def run_and_kill(moment: str, args: list[str]) -> None:
 def count_calls(monkeypatch):
     """Count the unlearn and eval recipe runs."""
     calls = {"unlearn": 0, "evaluate": 0}
-    for name, module in (("unlearn", unlearn), ("evaluate", evaluate)):
 
-        def counted(*args, _main=module.main, _name=name):
-            calls[_name] += 1
-            return _main(*args)
+    def counting(name, run):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return run(*args, **kwargs)
 
-        monkeypatch.setattr(module, "main", counted)
+        return counted
+
+    for name, module, function in (("unlearn", paths, "unlearn"), ("evaluate", pipeline, "evaluate_model")):
+        monkeypatch.setattr(module, function, counting(name, getattr(module, function)))
     return calls
 
 
@@ -110,7 +122,7 @@ def test_a_request_is_verified_with_its_report_and_a_rerun_does_no_work(setup, t
     with Ledger(out / "ledger.sqlite") as ledger:
         (request,) = ledger.requests()
         assert request.status == "verified" and request.subjects == ["s-a", "s-b"]
-        assert [step.step for step in ledger.steps(request.request_id)] == list(forget.STEPS)
+        assert [step.step for step in ledger.steps(request.request_id)] == list(pipeline.STEPS)
         assert all(step.status == "done" and step.output_hash for step in ledger.steps(request.request_id))
         assert len(ledger.examples_of(["s-a"])) == 3 and ledger.known_subjects() == SUBJECTS
         statuses = [e["status"] for e in ledger.history(request.request_id) if e["kind"] == "status"]
@@ -139,7 +151,7 @@ def test_a_request_is_verified_with_its_report_and_a_rerun_does_no_work(setup, t
     assert count_calls == {"unlearn": 1, "evaluate": 2}
     with Ledger(out / "ledger.sqlite") as ledger:
         assert len(ledger.requests()) == 1
-        assert len(ledger.history(request.request_id)) == len(statuses) + 2 * len(forget.STEPS)
+        assert len(ledger.history(request.request_id)) == len(statuses) + 2 * len(pipeline.STEPS)
 
 
 def test_a_failing_gate_fails_the_request_with_the_failed_checks(setup, tmp_path, count_calls):
@@ -268,7 +280,7 @@ def sisa_run(setup, tmp_path_factory) -> Path:
 
 
 def sisa_forget_args(setup: dict[str, str], model: Path, out: Path, *extra: str) -> list[str]:
-    return ["--model", str(model), "--suite", setup["suite"], "--output_dir", str(out), *extra]
+    return ["--model_name_or_path", str(model), "--suite", setup["suite"], "--output_dir", str(out), *extra]
 
 
 def test_a_sisa_request_retrains_only_the_subjects_shard_and_reports_the_exact_guarantee(
@@ -335,6 +347,6 @@ def test_a_sisa_request_refuses_a_recipe_and_other_data(setup, sisa_run, tmp_pat
     other = tmp_path / "other.jsonl"
     other.write_text(Path(setup["data"]).read_text().replace("fact number 7", "fact number 8"))
     with pytest.raises(DataError, match=r"is not the data the SISA run .* was trained on"):
-        run_forget(sisa_forget_args(setup, sisa_run, out, "--data", str(other), *check))
-    with pytest.raises(ValueError, match=r"forget needs --recipe"):
-        run_forget(["--model", setup["model"], "--suite", setup["suite"], *check])
+        run_forget(sisa_forget_args(setup, sisa_run, out, "--dataset", str(other), *check))
+    with pytest.raises(ValueError, match=r"is not a SISA directory, so deletion requests need an unlearning --recipe"):
+        run_forget(["--model_name_or_path", setup["model"], "--suite", setup["suite"], *check])

@@ -174,7 +174,6 @@ def test_every_method_runs_through_the_recipe(tiny_model_dir, qa_file, tmp_path,
 
 
 def test_lora_unlearning_leaves_the_base_weights_bit_identical(tiny_model_dir, qa_file, tmp_path):
-    from llm_unlearn.data.formatting import PaddingCollator, tokenize_views
     from llm_unlearn.models import load_from_args
     from llm_unlearn.trainer import UnlearnTrainer
 
@@ -187,9 +186,8 @@ def test_lora_unlearning_leaves_the_base_weights_bit_identical(tiny_model_dir, q
     base_before = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if "lora_" not in n}
     split = script_args.load_split()
     trainer = UnlearnTrainer(
-        model=model, args=training_args, train_dataset=tokenize_views(split.forget, tokenizer, {}, max_length=64),
-        retain_dataset=tokenize_views(split.retain, tokenizer, {}, max_length=64),
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        model=model, args=training_args, train_dataset=split.forget, retain_dataset=split.retain,
+        processing_class=tokenizer, prompt_format={"max_length": 64},
     )  # fmt: skip
     trainer.train()
     after = dict(model.named_parameters())

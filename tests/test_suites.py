@@ -24,24 +24,24 @@ from test_benchmark_loaders import (
 
 from llm_unlearn.commands import evaluate
 from llm_unlearn.evaluation import load_eval
+from llm_unlearn.evaluation.suite import SELECTION_SPLITS, Suite
 
 SUITES = Path(__file__).resolve().parents[1] / "eval"
 
 
-def _args(suite: str, model_dir: str, output_dir: Path, *flags: str) -> evaluate.EvalScriptArguments:
-    (args,) = evaluate.make_parser().parse_args_and_config(
+def _args(suite: str, model_dir: str, output_dir: Path, *flags: str) -> tuple:
+    return evaluate.make_parser().parse_args_and_config(
         ["--config", str(SUITES / f"{suite}.yaml"), "--model_name_or_path", model_dir,
          "--output_dir", str(output_dir), "--report", "false", *flags]
     )  # fmt: skip
-    return args
 
 
 @pytest.mark.parametrize("suite", ["builtin", "tofu", "muse"])
 def test_every_shipped_suite_parses_into_a_valid_config(suite, tmp_path):
-    args = _args(suite, "unused", tmp_path)
+    args = Suite.from_yaml(SUITES / f"{suite}.yaml")
     config = args.eval_config()
     assert args.suite == suite
-    assert set(args.splits) <= set(evaluate.SELECTION_SPLITS) | set(args.split_options)
+    assert set(args.splits) <= set(SELECTION_SPLITS) | set(args.split_options)
     assert config.mia is not None and config.mia["members"] in args.splits
     assert config.mia["nonmembers"] in args.splits
     assert config.attacks, "every suite runs at least one robustness attack"
@@ -63,7 +63,7 @@ def tofu_snapshot(tmp_path: Path) -> Path:
 
 def test_tofu_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, tofu_snapshot, tmp_path):
     flags = ["--benchmark_source", str(tofu_snapshot), "--max_new_tokens", "4", "--attacks", "paraphrase"]
-    path = evaluate.main(_args("tofu", tiny_model_dir, tmp_path / "first", *flags))
+    path = evaluate.main(*_args("tofu", tiny_model_dir, tmp_path / "first", *flags))
     result = load_eval(path)
     assert result["suite"] == "tofu"
     # The model version that was measured, by content hash.
@@ -102,7 +102,7 @@ def test_tofu_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, tofu_snapshot
     # on every item, which no threshold separates (AUC 0.5).
     again = load_eval(
         evaluate.main(
-            _args("tofu", tiny_model_dir, tmp_path / "again", *flags, "--reference_eval", str(path))
+            *_args("tofu", tiny_model_dir, tmp_path / "again", *flags, "--reference_eval", str(path))
         )
     )
     assert again["summary"]["forget_quality"]["value"] == pytest.approx(1.0)
@@ -125,7 +125,7 @@ def muse_snapshot(tmp_path: Path) -> Path:
 
 def test_muse_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, muse_snapshot, tmp_path):
     flags = ["--benchmark_source", str(muse_snapshot), "--max_new_tokens", "4"]
-    path = evaluate.main(_args("muse", tiny_model_dir, tmp_path / "first", *flags))
+    path = evaluate.main(*_args("muse", tiny_model_dir, tmp_path / "first", *flags))
     result = load_eval(path)
     verbmem = result["splits"]["verbmem_forget"]
     assert verbmem["format"] == "completion"
@@ -149,7 +149,7 @@ def test_muse_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, muse_snapshot
 
     again = load_eval(
         evaluate.main(
-            _args("muse", tiny_model_dir, tmp_path / "again", *flags, "--reference_eval", str(path))
+            *_args("muse", tiny_model_dir, tmp_path / "again", *flags, "--reference_eval", str(path))
         )
     )
     privleak = again["summary"]["privleak"]
@@ -161,12 +161,8 @@ def test_a_split_without_data_and_unknown_options_are_clear_errors(tmp_path):
     with pytest.raises(
         ValueError, match=r"split 'world_facts' is not one of .* split_options must say where"
     ):
-        evaluate.EvalScriptArguments(model_name_or_path="m", output_dir=str(tmp_path), splits=["world_facts"])
+        Suite(splits=["world_facts"])
     with pytest.raises(ValueError, match=r"split_options\['forget'\] has unknown keys \['metric'\]"):
-        evaluate.EvalScriptArguments(
-            model_name_or_path="m", output_dir=str(tmp_path), split_options={"forget": {"metric": ["loss"]}}
-        )
+        Suite(split_options={"forget": {"metric": ["loss"]}})
     with pytest.raises(ValueError, match=r"attack_args names unknown attacks \['relearning'\]"):
-        evaluate.EvalScriptArguments(
-            model_name_or_path="m", output_dir=str(tmp_path), attack_args='{"relearning": {"epochs": 1}}'
-        )
+        Suite(attack_args='{"relearning": {"epochs": 1}}')

@@ -214,3 +214,29 @@ def test_the_gradient_check_catches_nan_and_inf_but_not_large_finite_gradients(
     for p in params:
         p.grad = torch.zeros_like(p)
     assert not trainer._gradients_finite(torch.tensor(float("nan")))
+
+
+def test_question_answer_rows_are_tokenized_with_the_methods_views(tiny_model, tiny_tokenizer, tmp_path):
+    """Given rows (not tokens), the trainer tokenizes them as the recipe's data arguments render prompts, and the
+    forget set with every view its method reads (DPO: the preferred answer)."""
+    from llm_unlearn.data.formatting import tokenize_dataset, tokenize_views
+
+    forget = Dataset.from_list([{"question": f"Who is f{i}?", "answer": f"F{i} is a writer."} for i in range(4)])
+    retain = Dataset.from_list([{"question": f"Who is r{i}?", "answer": f"R{i} is a painter."} for i in range(6)])
+    args = UnlearnConfig(
+        output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, max_steps=1,
+        save_strategy="no", disable_tqdm=True, method="dpo",
+    )  # fmt: skip
+    prompt_format = {"template": "plain", "max_length": 32}
+    trainer = UnlearnTrainer(
+        model=tiny_model, args=args, train_dataset=forget, retain_dataset=retain, processing_class=tiny_tokenizer,
+        prompt_format=prompt_format,
+    )  # fmt: skip
+    views = args.method_config.forget_views()
+    assert set(views) == {"win"}
+    expected = tokenize_views(forget, tiny_tokenizer, views, **prompt_format)
+    for column in expected.column_names:
+        assert trainer.train_dataset[column] == expected[column], column
+    assert trainer.retain_dataset[:] == tokenize_dataset(retain, tiny_tokenizer, **prompt_format)[:]
+    with pytest.raises(ValueError, match="needs processing_class"):
+        UnlearnTrainer(model=tiny_model, args=args, train_dataset=forget, retain_dataset=retain)

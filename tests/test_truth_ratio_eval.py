@@ -13,8 +13,9 @@ from datasets import Dataset
 
 from llm_unlearn.commands import evaluate
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa
-from llm_unlearn.evaluation import EvalConfig, evaluate_splits, save_eval
+from llm_unlearn.evaluation import EvalConfig, EvalResult, evaluate_splits, runner, save_eval
 from llm_unlearn.evaluation import evaluator as evaluator_module
+from llm_unlearn.evaluation.results import EvalResultBuilder
 
 ROWS = [
     {
@@ -105,16 +106,16 @@ def test_forget_quality_against_a_reference_eval(tiny_model, tiny_tokenizer, tmp
         "reason": "no reference eval given (pass --reference_eval retain/eval.json)",
     }
     # The same model's eval as reference: identical ratios, so the KS p-value is 1.
-    again = evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=result)
+    again = evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=EvalResult(result))
     assert again["summary"]["forget_quality"] == {"value": 1.0, "n": 2}
 
     fewer = copy.deepcopy(result)
     fewer["splits"]["forget"]["items"][0]["truth_ratio"] = None
     with pytest.raises(ValueError, match="this eval has 2 forget truth ratios and the reference eval 1"):
-        evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=fewer)
+        evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=EvalResult(fewer))
     without = evaluate_splits(tiny_model, tiny_tokenizer, _splits(), EvalConfig(metrics=("probability",)))
     with pytest.raises(ValueError, match="reference eval has no per-item truth ratios"):
-        evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=without)
+        evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=EvalResult(without))
 
 
 def test_model_utility_is_the_harmonic_mean_of_its_recorded_inputs(tiny_model, tiny_tokenizer):
@@ -167,8 +168,9 @@ def test_missing_columns_and_unknown_metrics_are_clear_errors(tiny_model, tiny_t
         evaluate_splits(tiny_model, tiny_tokenizer, plain, EvalConfig(metrics=("truth_ratio",)))
     # A reference without truth ratios to compare: the summary says why there is no forget quality.
     result = evaluate_splits(
-        tiny_model, tiny_tokenizer, _splits(), EvalConfig(metrics=("probability",)), reference={}
-    )
+        tiny_model, tiny_tokenizer, _splits(), EvalConfig(metrics=("probability",)),
+        reference=EvalResultBuilder().build(),
+    )  # fmt: skip
     assert result["summary"]["forget_quality"] == {
         "value": None,
         "reason": "no truth ratios on a 'forget' split were computed",
@@ -176,16 +178,16 @@ def test_missing_columns_and_unknown_metrics_are_clear_errors(tiny_model, tiny_t
 
 
 def test_eval_recipe_reads_reference_eval(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
-    reference = {"splits": {"forget": {"items": [{"truth_ratio": 0.5}]}}}
+    reference = EvalResultBuilder().split("forget", items=[{"truth_ratio": 0.5}]).build()
     reference_path = save_eval(reference, tmp_path / "retain" / "eval.json")
     seen = {}
 
     def fake_evaluate_splits(model, tokenizer, datasets, config, reference=None):
         seen["reference"] = reference
-        return {}
+        return EvalResultBuilder().split("forget", items=[{"truth_ratio": 0.9}]).build().to_dict()
 
-    monkeypatch.setattr(evaluate, "load_model_and_tokenizer", lambda *a, **k: (tiny_model, tiny_tokenizer))
-    monkeypatch.setattr(evaluate, "evaluate_splits", fake_evaluate_splits)
+    monkeypatch.setattr(runner, "load_model_and_tokenizer", lambda *a, **k: (tiny_model, tiny_tokenizer))
+    monkeypatch.setattr(runner, "evaluate_splits", fake_evaluate_splits)
     args = [
         "--model_name_or_path",
         "tiny",
@@ -196,15 +198,15 @@ def test_eval_recipe_reads_reference_eval(tiny_model, tiny_tokenizer, tmp_path, 
         "--splits",
         "forget",
     ]
-    (script_args,) = evaluate.make_parser().parse_args_and_config(
+    parsed = evaluate.make_parser().parse_args_and_config(
         [*args, "--output_dir", str(tmp_path / "out"), "--reference_eval", str(reference_path)]
     )
-    evaluate.main(script_args)
+    evaluate.main(*parsed)
     assert seen["reference"] == reference
 
     missing = tmp_path / "nowhere" / "eval.json"
-    (script_args,) = evaluate.make_parser().parse_args_and_config(
+    parsed = evaluate.make_parser().parse_args_and_config(
         [*args, "--output_dir", str(tmp_path / "out2"), "--reference_eval", str(missing)]
     )
     with pytest.raises(FileNotFoundError, match=f"--reference_eval {missing} does not exist"):
-        evaluate.main(script_args)
+        evaluate.main(*parsed)

@@ -1,2 +1,3 @@
-"""Recipes: each module has `make_parser(subparsers=None, prog=None)` and `main(...)`, and is both a file for
-`accelerate launch recipes/<name>.py` and a subcommand of the `llm-unlearn` CLI."""
+"""The commands of the `llm-unlearn` CLI, one module each with `make_parser(prog=None)` and `main(...)`: they
+parse arguments (a `--config` YAML and flags), call the library and print. `recipes/*.py` and `eval/*.py` run the
+same modules under `accelerate launch`. Nothing outside this package and `llm_unlearn.cli` imports them."""

@@ -20,12 +20,16 @@ from typing import Any, Protocol
 
 from datasets import Dataset
 
+from llm_unlearn.config_files import load_arguments
 from llm_unlearn.data.schema import SUBJECT_FIELD
 from llm_unlearn.deletion.ledger import LedgerError
 from llm_unlearn.deletion.report import model_artifact
+from llm_unlearn.evaluation.results import EvalResult, load_eval
 from llm_unlearn.files import atomic_directory
 from llm_unlearn.manifest import model_version, sha256_file
 from llm_unlearn.sisa import SISA_FILE, checkpoint_name, is_sisa_dir, read_sisa_record, shard_dir
+from llm_unlearn.sisa.delete import delete
+from llm_unlearn.unlearn import UNLEARN_ARGUMENTS, unlearn
 
 # The training settings a report lists as the method's hyperparameters (beside the method's own config).
 TRAINING_HYPERPARAMETERS = (
@@ -53,15 +57,16 @@ class UnlearningPath(Protocol):
         """The training data the unlearned model holds, out of `data` (the lineage data)."""
 
     def unlearn(
-        self, output: Path, replace: bool, subjects: Sequence[str], data_flags: Sequence[str]
+        self, output: Path, replace: bool, subjects: Sequence[str], data: Mapping[str, Any]
     ) -> dict:
-        """Write the unlearned model to `output` atomically; return what the ledger records (with
-        `num_examples`, the count of examples removed)."""
+        """Write the unlearned model to `output` atomically, with `data` the data options (dataset, config,
+        split) the model was trained on; return what the ledger records (with `num_examples`, the count of
+        examples removed)."""
 
     def method(self, output: Path) -> dict[str, Any]:
         """The report's method section."""
 
-    def comparison(self, output: Path, unlearned_eval: Mapping, reference_eval: str | None) -> dict | None:
+    def comparison(self, output: Path, unlearned_eval: EvalResult, reference_eval: str | None) -> dict | None:
         """The report's comparison with retraining (None when not compared)."""
 
     def artifacts(self, output: Path, contained: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,7 +97,7 @@ def training_cost(run: Mapping[str, Any]) -> dict[str, float] | None:
 
 def _retain_run(reference_eval: str) -> dict[str, Any] | None:
     """The run.json of the model that `reference_eval` evaluated, when it is a local training run."""
-    model = _read_json(Path(reference_eval)).get("model")
+    model = load_eval(reference_eval).model
     run = Path(str(model)) / "run.json" if model else None
     return _read_json(run) if run is not None and run.is_file() else None
 
@@ -121,14 +126,14 @@ class RecipePath:
         return data
 
     def unlearn(
-        self, output: Path, replace: bool, subjects: Sequence[str], data_flags: Sequence[str]
+        self, output: Path, replace: bool, subjects: Sequence[str], data: Mapping[str, Any]
     ) -> dict:
         """Run the recipe with the subjects as the forget set (the recipe writes its output atomically)."""
-        from llm_unlearn.commands import unlearn
-
-        flags = ["--config", self.recipe, "--model_name_or_path", self.model, *data_flags,
-                 "--output_dir", str(output), "--overwrite", str(replace).lower()]  # fmt: skip
-        unlearn.main(*unlearn.make_parser().parse_args_and_config(flags))
+        data_args, training_args, model_args = load_arguments(
+            UNLEARN_ARGUMENTS, self.recipe, model_name_or_path=self.model, forget_subjects=list(subjects),
+            output_dir=str(output), **data,
+        )  # fmt: skip
+        unlearn(model_args, data_args, training_args, overwrite=replace)
         run = _read_json(output / "run.json")
         return {
             "method": run["method"],
@@ -148,16 +153,15 @@ class RecipePath:
             "hyperparameters": {"method": run.get("method_config", {}), **_training_hyperparameters(run)},
         }
 
-    def comparison(self, output: Path, unlearned_eval: Mapping, reference_eval: str | None) -> dict | None:
+    def comparison(self, output: Path, unlearned_eval: EvalResult, reference_eval: str | None) -> dict | None:
         """Against the retain model (trained without the forget set): forget quality and PrivLeak from the
         eval, and the unlearning's training cost as a fraction of the retain model's."""
         if not reference_eval:
             return None
-        summary = unlearned_eval.get("summary", {})
         values = {
-            name: summary[name]["value"]
+            name: unlearned_eval.summary_value(name)
             for name in ("forget_quality", "privleak")
-            if summary.get(name, {}).get("value") is not None
+            if unlearned_eval.summary_value(name) is not None
         }
         description = (
             "evaluated against the retain model (trained without the forget set): forget quality and PrivLeak "
@@ -229,19 +233,17 @@ class SisaPath:
                 )
 
     def unlearn(
-        self, output: Path, replace: bool, subjects: Sequence[str], data_flags: Sequence[str]
+        self, output: Path, replace: bool, subjects: Sequence[str], data: Mapping[str, Any]
     ) -> dict:
         """Copy the SISA directory and delete the subjects from the copy (retraining their shards); the copy
         appears at `output` only when the deletion is complete."""
-        from llm_unlearn.commands.sisa import delete_subjects
-
         # A killed run leaves its staging copy behind (SIGKILL runs no clean-up); only this step writes there.
         for stale in output.parent.glob(f".{output.name}.*.partial"):
             shutil.rmtree(stale, ignore_errors=True)
         with atomic_directory(output, overwrite=replace) as staging:
             # Hidden entries are a killed deletion's scratch, not part of the run.
             shutil.copytree(self.model, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
-            entry = delete_subjects(staging, subjects)
+            entry = delete(staging, subjects)
         if entry is None:
             raise LedgerError(f"subjects {list(subjects)} were already deleted from {self.model}.")
         return {
@@ -272,7 +274,7 @@ class SisaPath:
             },
         }
 
-    def comparison(self, output: Path, unlearned_eval: Mapping, reference_eval: str | None) -> dict | None:
+    def comparison(self, output: Path, unlearned_eval: EvalResult, reference_eval: str | None) -> dict | None:
         """Exact by construction: what was retrained, from which checkpoint, and at what fraction of the cost of
         retraining every shard; with forget quality and PrivLeak against a retain model when one is given."""
         deletion = self._deletion(output)
@@ -292,10 +294,9 @@ class SisaPath:
             "full_retrain_train_s": deletion["full_retrain"]["seconds"],
             "cost_fraction_seconds": deletion["cost_fraction"]["seconds"],
         }
-        summary = unlearned_eval.get("summary", {})
         for name in ("forget_quality", "privleak"):
-            if summary.get(name, {}).get("value") is not None:
-                values[name] = summary[name]["value"]
+            if unlearned_eval.summary_value(name) is not None:
+                values[name] = unlearned_eval.summary_value(name)
         return {
             "kind": self.kind,
             "description": (

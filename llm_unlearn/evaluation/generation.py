@@ -1,5 +1,5 @@
 """Batched decoding from already formatted prompts: greedy (for ROUGE and other generation metrics) and
-sampled (for the leak@k attack, REFERENCE.md section 4).
+sampled (for the leak@k attack, docs/attacks.md#sampling).
 
 Both run one decode loop over a key/value cache: the left-padded prompts of a batch go through the model once
 (the prefill), then each step feeds one token per row. A row leaves the batch as soon as it is finished (it
@@ -379,7 +379,7 @@ def generate_samples(
     progress: str | None = None,
 ) -> list[list[str]]:
     """`num_samples` sampled completions of each formatted prompt (temperature, then nucleus top-p filtering),
-    for the leak@k attack (REFERENCE.md section 4): does any of k samples at normal temperature leak the
+    for the leak@k attack (docs/attacks.md#sampling): does any of k samples at normal temperature leak the
     answer?
 
     Each prompt runs through the model once; its cache row is then repeated once per sample. `batch_size`

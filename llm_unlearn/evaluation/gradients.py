@@ -1,4 +1,4 @@
-"""Per-item gradient norms for the GradNorm membership score (REFERENCE.md section 3)."""
+"""Per-item gradient norms for the GradNorm membership score (docs/metrics.md#gradnorm)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def gradient_norms(
 ) -> list[float]:
     """The L2 norm of the gradient of each item's mean answer NLL with respect to the model's trainable
     parameters (all parameters when none is marked trainable), one item at a time as GradNorm prescribes
-    (batch size 1; REFERENCE.md section 3). The model's own `.grad` buffers are left untouched."""
+    (batch size 1; docs/metrics.md#gradnorm). The model's own `.grad` buffers are left untouched."""
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     frozen = not parameters
     if frozen:

@@ -5,7 +5,7 @@ A split's `format` says how a row becomes an item:
 - `qa`: a question and answer rendered like training data (chat template or plain prompt); the paraphrased and
   perturbed answers, when present, are its alternatives (truth ratio, multiple-choice probability).
 - `fewshot_qa`: MUSE knowledge memorization: a plain few-shot prompt of "Question: q\\nAnswer: a" shots, then
-  the question (REFERENCE.md section 2).
+  the question (docs/metrics.md#muse-knowledge-memorization).
 - `completion`: a plain `prompt` continued by the `answer` (MUSE verbatim memorization).
 - `text`: a raw `text`, every token after the first scored (membership inference on documents); no prompt to
   generate from.

@@ -1,5 +1,5 @@
 """Membership inference over an evaluation result: AUC of each per-item score between the forget items (members)
-and holdout items (never trained on), and MUSE's PrivLeak against the retain model (REFERENCE.md section 3)."""
+and holdout items (never trained on), and MUSE's PrivLeak against the retain model (docs/metrics.md#membership-inference)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _items(result: Mapping[str, Any], split: str, owner: str) -> list[dict[str, 
 
 
 def add_reference_scores(result: dict[str, Any], reference: Mapping[str, Any], splits: Sequence[str]) -> None:
-    """Store `loss_minus_reference` = NLL_model - NLL_reference (REFERENCE.md section 3) on every item of
+    """Store `loss_minus_reference` = NLL_model - NLL_reference (docs/metrics.md#loss_minus_reference) on every item of
     `splits`, matching items by position and checking that both evals scored the same questions."""
     for split in splits:
         items = _items(result, split, "evaluated model")
@@ -65,7 +65,7 @@ def membership_inference(
 ) -> dict[str, Any]:
     """AUC of each score between `members` (labelled 0) and `nonmembers` (labelled 1) items of `result`, with
     its bootstrap 95% interval and sample sizes; near 1: the members look like training data, 0.5:
-    indistinguishable (REFERENCE.md section 3). The reference-model score needs `reference`; without it, that
+    indistinguishable (docs/metrics.md#auc). The reference-model score needs `reference`; without it, that
     score says why it is missing."""
     check_scores(scores)
     if REFERENCE_SCORE in scores and reference is not None:
@@ -99,7 +99,7 @@ def privleak_summary(
     mia: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, score: str
 ) -> dict[str, Any]:
     """MUSE PrivLeak of this model against the retain model's eval `reference`, from the AUCs of `score` (MUSE:
-    Min-40%, `min_k`) on the same member and nonmember splits (REFERENCE.md section 3), or why it is missing."""
+    Min-40%, `min_k`) on the same member and nonmember splits (docs/metrics.md#privleak), or why it is missing."""
     if mia is None:
         return {"value": None, "reason": "no membership inference was run (the suite has no 'mia' section)"}
     if score not in mia["scores"]:

@@ -48,7 +48,7 @@ def _to_png(figure: Figure) -> bytes:
 
 def truth_ratio_figure(ratios: Mapping[str, Sequence[float]]) -> bytes:
     """Overlaid histograms and empirical CDFs of per-item forget truth ratios, one series per model; forget
-    quality is the two-sample KS test between two of these ECDFs (TOFU, Maini et al. 2024; REFERENCE.md 2).
+    quality is the two-sample KS test between two of these ECDFs (TOFU, Maini et al. 2024; docs/metrics.md#forget_quality 2).
 
     R is a ratio of probabilities, so it is drawn on a log axis where R and 1/R sit symmetrically about 1;
     values that are not positive and finite cannot be placed there and are left out (the legend gives n).
@@ -102,7 +102,7 @@ def mia_roc_figure(
     """ROC curves of membership-inference scores, one per score name mapped to (member values, nonmember
     values), with each AUC in the legend and `model` in the title; orientation as `aggregate.roc_curve`: nonmembers are the positives and
     a score says "nonmember" when high, so AUC near 1 means the members still look like training data
-    (REFERENCE.md section 3)."""
+    (docs/metrics.md#auc)."""
     figure = _new_figure(5, 4.6)
     axis = figure.subplots()
     # Scores often give the same ranking (LOSS and zlib on short answers): line styles keep equal curves visible.

@@ -1,5 +1,5 @@
-"""The one teacher-forced pass: per answer token log-probabilities and argmax hits (REFERENCE.md section 2),
-and on request the per-position distribution statistics of Min-K%++ (REFERENCE.md section 3).
+"""The one teacher-forced pass: per answer token log-probabilities and argmax hits (docs/metrics.md#how-items-are-scored),
+and on request the per-position distribution statistics of Min-K%++ (docs/metrics.md#min_k_plus_plus).
 
 Every logit-based metric (probability, truth ratio, exact memorization, extraction strength, LOSS, zlib,
 Min-K%, ...) is a function of the arrays computed here, so the model runs once per item whatever the number of
@@ -31,7 +31,7 @@ class ItemStatistics:
     logprobs: np.ndarray  # float32, log p(y_t | x, y_<t)
     argmax_hits: np.ndarray  # bool, argmax of the logits at that position == y_t
     # float32, only with `distribution_stats=True`: mean and standard deviation of log p_v under the model's
-    # own next-token distribution p at that position (Min-K%++, Zhang et al. 2024; REFERENCE.md section 3).
+    # own next-token distribution p at that position (Min-K%++, Zhang et al. 2024; docs/metrics.md#min_k_plus_plus).
     position_mean: np.ndarray | None = None  # mu_t = sum_v p_v log p_v
     position_std: np.ndarray | None = None  # sigma_t = sqrt(sum_v p_v (log p_v)^2 - mu_t^2)
 
@@ -60,7 +60,7 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
 
 def _distribution_statistics(logits: torch.Tensor, log_normalizer: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean mu_t = sum_v p_v log p_v and standard deviation sigma_t of log p under the next-token distribution
-    at each row of `logits` `[N, V]` (Min-K%++, Zhang et al. 2024; REFERENCE.md section 3)."""
+    at each row of `logits` `[N, V]` (Min-K%++, Zhang et al. 2024; docs/metrics.md#min_k_plus_plus)."""
     log_probs = logits - log_normalizer.unsqueeze(-1)
     probs = log_probs.exp()
     # A -inf logit (a masked vocabulary entry) has p = 0: count its terms as 0 * 0 rather than 0 * -inf = NaN.
@@ -102,7 +102,7 @@ def compute_item_statistics(
 ) -> list[ItemStatistics]:
     """Run one teacher-forced pass over `encoded` items (`input_ids` + `labels`, -100 = not scored) and return
     the statistics of each item's labelled tokens, in input order; `distribution_stats=True` adds the
-    per-position `position_mean` / `position_std` that Min-K%++ needs (REFERENCE.md section 3)."""
+    per-position `position_mean` / `position_std` that Min-K%++ needs (docs/metrics.md#min_k_plus_plus)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for index, item in enumerate(encoded):
@@ -287,7 +287,7 @@ def score_answer_groups(
 
     `batch_size` is the number of answer rows per forward; a batch holds whole groups (a group with more
     answers is split, its prompt then runs once per part), longest answers first to cut padding.
-    `distribution_stats=True` adds Min-K%++'s `position_mean` / `position_std` (REFERENCE.md section 3) to
+    `distribution_stats=True` adds Min-K%++'s `position_mean` / `position_std` (docs/metrics.md#min_k_plus_plus) to
     the FIRST answer of each group only (the item's own answer; the others, paraphrased or perturbed, only
     need log-probs); the other answers have None there. A model that cannot continue from a cache
     (`compat.continues_from_cache`) is scored with every answer as its own sequence instead: the same

@@ -1,30 +1,23 @@
-"""Evaluate a model with a suite (`eval/builtin.yaml`, `eval/tofu.yaml`, `eval/muse.yaml`): its splits, metrics,
-membership inference and robustness attacks; write eval.json with per-item values and aggregates, and the
-report beside it."""
+"""The eval suite format: a YAML file (`eval/builtin.yaml`, `eval/tofu.yaml`, `eval/muse.yaml`) naming the data,
+the splits and their metrics, membership inference, model utility and robustness attacks. `Suite` is that file
+as a dataclass, validated once when it is built, and it loads the suite's data."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import random
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
 from datasets import Dataset
-from trl import TrlParser
 
+from llm_unlearn.config_files import load_arguments
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.benchmarks import load_benchmark
-from llm_unlearn.evaluation import EvalConfig, evaluate_splits, load_eval, save_eval
 from llm_unlearn.evaluation.attacks import ATTACKS
-from llm_unlearn.evaluation.evaluator import SplitConfig
-from llm_unlearn.evaluation.report import write_report
-from llm_unlearn.manifest import read_record
-from llm_unlearn.models import load_model_and_tokenizer
+from llm_unlearn.evaluation.evaluator import EvalConfig, SplitConfig
 
 # Splits that come from the data arguments' forget / retain / holdout selection; any other split names its
 # data in `split_options`.
@@ -51,14 +44,10 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
 
 
 @dataclass
-class EvalScriptArguments(DataArguments):
-    """The model to evaluate, the suite (data, splits, metrics, membership inference, attacks) and where to
-    write eval.json. A suite is a YAML file of these fields, given with `--config`."""
+class Suite(DataArguments):
+    """An eval suite: its data (the data arguments' forget / retain / holdout selection, and further splits named
+    in `split_options`), the splits and metrics to evaluate, membership inference, model utility and attacks."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Model, adapter dir or 'embedded'."}
-    )
-    output_dir: str | None = field(default=None, metadata={"help": "Directory for eval.json and the report."})
     suite: str | None = field(default=None, metadata={"help": "The suite's name, recorded in eval.json."})
     splits: list[str] = field(
         default_factory=lambda: ["forget", "retain"],
@@ -114,19 +103,13 @@ class EvalScriptArguments(DataArguments):
         default=None, metadata={"help": "Evaluate at most this many items per split (a seeded sample)."}
     )
     seed: int = 42
-    dtype: str = "float32"
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing eval.json."})
     reference_eval: str | None = field(
         default=None,
-        metadata={
-            "help": "The retain model's eval.json, for forget quality, PrivLeak and the reference MIA."
-        },
+        metadata={"help": "The retain model's eval.json, for forget quality, PrivLeak and the reference MIA."},
     )
     report: bool = field(default=True, metadata={"help": "Write report.md and report.html beside eval.json."})
 
     def __post_init__(self) -> None:
-        if self.model_name_or_path is None or self.output_dir is None:
-            raise ValueError("eval needs --model_name_or_path and --output_dir.")
         self.split_options = _mapping(self.split_options, "split_options")
         self.mia = _mapping(self.mia, "mia") or None
         self.utility = _mapping(self.utility, "utility") or None
@@ -152,6 +135,23 @@ class EvalScriptArguments(DataArguments):
             raise ValueError(
                 f"attack_args names unknown attacks {unknown}; known attacks are {sorted(ATTACKS)}."
             )
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Suite:
+        """The suite in the YAML file at `path`, with `overrides` replacing its options (as flags after `--config`
+        do on the command line)."""
+        (suite,) = load_arguments((cls,), path, **overrides)
+        return suite
+
+    def without_attacks(self) -> Suite:
+        """This suite with no robustness attack (for a model that has forgotten nothing an attack could bring
+        back, such as the target)."""
+        return dataclasses.replace(self, attacks=[])
+
+    def load(self) -> tuple[dict[str, Dataset], EvalConfig]:
+        """The data of every split and the evaluator's config (with each `fewshot_qa` split's shots)."""
+        datasets, fewshot = self.load_eval_splits()
+        return datasets, self.eval_config(fewshot)
 
     def _data_options(self, split: str) -> dict[str, Any]:
         options = self.split_options.get(split, {})
@@ -229,58 +229,3 @@ def sample(dataset: Dataset, max_items: int | None, seed: int) -> Dataset:
     if max_items is None or len(dataset) <= max_items:
         return dataset
     return dataset.select(sorted(random.Random(seed).sample(range(len(dataset)), max_items)))
-
-
-def main(script_args: EvalScriptArguments) -> Path:
-    """Evaluate and write `output_dir/eval.json` (and the report); returns its path. Under `accelerate launch`
-    every process evaluates a share of the items and the main process writes."""
-    # PartialState, unlike the Trainer's arguments, does not read ACCELERATE_USE_CPU itself: without it a CPU
-    # run under torchrun would see one process and let every rank write. The true values are those accelerate
-    # accepts for its env flags (accelerate.utils.str_to_bool).
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("y", "yes", "t", "true", "on", "1")
-    state = PartialState(cpu=use_cpu)
-    path = Path(script_args.output_dir) / "eval.json"
-    if path.exists() and not script_args.overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
-    reference = None
-    if script_args.reference_eval is not None:
-        # Checked before loading any model or data, so a wrong path fails at once.
-        if not Path(script_args.reference_eval).is_file():
-            raise FileNotFoundError(f"--reference_eval {script_args.reference_eval} does not exist.")
-        reference = load_eval(script_args.reference_eval)
-    started = time.perf_counter()
-    datasets, fewshot = script_args.load_eval_splits()
-    config = script_args.eval_config(fewshot)
-    model, tokenizer = load_model_and_tokenizer(script_args.model_name_or_path, dtype=script_args.dtype)
-    model.to(state.device)
-    result = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
-    result.update(
-        suite=script_args.suite,
-        model=script_args.model_name_or_path,
-        # Which model version was measured, by content hash (llm_unlearn.manifest).
-        artifacts={"read": [read_record(script_args.model_name_or_path)]},
-        reference_eval=str(Path(script_args.reference_eval).resolve())
-        if script_args.reference_eval
-        else None,
-        num_processes=state.num_processes,
-        wall_time_s=time.perf_counter() - started,
-    )
-    if state.is_main_process:
-        save_eval(result, path)
-        if script_args.report:
-            write_report([path.parent], path.parent)
-    state.wait_for_everyone()
-    return path
-
-
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
-    """The eval parser, with `--config suite.yaml`."""
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "eval", help=__doc__.splitlines()[0], dataclass_types=[EvalScriptArguments]
-        )
-    return TrlParser([EvalScriptArguments], prog=prog)
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

@@ -1,4 +1,4 @@
-"""Robustness attacks (REFERENCE.md section 4), each a named option of the eval suite: does the forgotten
+"""Robustness attacks (docs/attacks.md), each a named option of the eval suite: does the forgotten
 knowledge come back under weight quantization, brief relearning, paraphrased questions or sampling?
 
 One module per attack; importing this package registers them all in `ATTACKS`. Run one with

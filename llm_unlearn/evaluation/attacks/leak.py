@@ -1,4 +1,4 @@
-"""Sampling attack, leak@k (Reisizadeh et al. 2025, arXiv 2511.04934; REFERENCE.md section 4): greedy decoding
+"""Sampling attack, leak@k (Reisizadeh et al. 2025, arXiv 2511.04934; docs/attacks.md#sampling): greedy decoding
 may hide an answer that ordinary sampling still produces. Draw k samples per forget question at normal
 temperature and count an item as leaked when any of them reproduces the answer.
 
@@ -40,7 +40,7 @@ def leak_at_k(
     """Per forget item, the best ROUGE-L recall of k sampled answers against the true answer, and whether it
     reaches `threshold`; aggregates `leak_at_k` (the fraction of items that leaked in any of the k samples) and
     `best_rouge_l_recall_at_k`, against the main eval's greedy `rouge_l_recall` where it has one (Reisizadeh et
-    al. 2025, arXiv 2511.04934; REFERENCE.md section 4)."""
+    al. 2025, arXiv 2511.04934; docs/attacks.md#sampling)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}.")
     if not 0.0 < threshold <= 1.0:

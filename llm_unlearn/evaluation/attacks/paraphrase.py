@@ -1,4 +1,4 @@
-"""Paraphrase attack (REFERENCE.md section 4): ask the forget questions in other words. Unlearning that keyed on
+"""Paraphrase attack (docs/attacks.md#paraphrase): ask the forget questions in other words. Unlearning that keyed on
 the questions' wording rather than on the facts lets the answers through again."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from llm_unlearn.evaluation.attacks.base import AttackContext, Remeasure, measur
 @register_attack("paraphrase")
 def paraphrase(context: AttackContext) -> dict:
     """Re-measure the forget split with each question replaced by its `paraphrased_question`; items without one
-    are left out, and the baseline is the main eval of the same items (REFERENCE.md section 4)."""
+    are left out, and the baseline is the main eval of the same items (docs/attacks.md#paraphrase)."""
     forget = context.split(context.forget_split)
     paraphrased = (
         forget["paraphrased_question"]

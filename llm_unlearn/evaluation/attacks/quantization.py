@@ -1,4 +1,4 @@
-"""Quantization attack (Zhang et al. 2024, arXiv 2410.16454; REFERENCE.md section 4): re-measure the model with
+"""Quantization attack (Zhang et al. 2024, arXiv 2410.16454; docs/attacks.md#quantization): re-measure the model with
 round-to-nearest quantized weights. Unlearning with a utility constraint moves weights by less than a 4-bit
 quantization step, so rounding can land them back where the fine-tuned model had them: about 21% of the
 forgotten knowledge was kept at full precision, about 83% after 4-bit quantization."""
@@ -24,7 +24,7 @@ def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None = None)
     """Round-to-nearest symmetric absmax quantization of a `[out, in]` weight, returned dequantized in the
     weight's dtype: each output row (or each group of `group_size` consecutive input columns of it; the last
     group may be shorter) is scaled by absmax / (2^(bits-1) - 1) and rounded (half to even) to an integer level
-    in [-(2^(bits-1) - 1), 2^(bits-1) - 1] (Zhang et al. 2024, arXiv 2410.16454; REFERENCE.md section 4)."""
+    in [-(2^(bits-1) - 1), 2^(bits-1) - 1] (Zhang et al. 2024, arXiv 2410.16454; docs/attacks.md#quantization)."""
     if weight.ndim != 2:
         raise ValueError(f"quantize_rtn takes a 2-D [out, in] weight, got shape {tuple(weight.shape)}.")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
@@ -77,7 +77,7 @@ def decoder_linear_weights(model: PreTrainedModel) -> dict[str, torch.nn.Paramet
 @register_attack("quantize_4bit", bits=4, group_size=128)
 def quantize(context: AttackContext, *, bits: int, group_size: int | None) -> dict:
     """Re-measure the forget and retain splits with every linear weight of the decoder layers replaced by its
-    `quantize_rtn` value (Zhang et al. 2024, arXiv 2410.16454; REFERENCE.md section 4); retain shows whether
+    `quantize_rtn` value (Zhang et al. 2024, arXiv 2410.16454; docs/attacks.md#quantization); retain shows whether
     utility survives the rounding. Embeddings and lm_head keep full precision, as weight-only quantizers (GPTQ,
     AWQ, bitsandbytes) leave them by default, so this measures what a user of a quantized checkpoint gets."""
     remeasures = {

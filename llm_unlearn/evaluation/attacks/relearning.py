@@ -1,4 +1,4 @@
-"""Relearning attack (Hu et al. 2024, arXiv 2406.13356; REFERENCE.md section 4): fine-tune the unlearned model
+"""Relearning attack (Hu et al. 2024, arXiv 2406.13356; docs/attacks.md#relearning): fine-tune the unlearned model
 briefly on part of the forget set and re-measure the rest. If unlearning only suppressed the knowledge, a little
 training on related facts brings back the facts it never saw again. What the attack itself teaches is
 controlled for by running it the same way on the retain model's eval and comparing the two reports."""
@@ -85,7 +85,7 @@ def relearn(
 ) -> dict:
     """Fine-tune the model on a seeded `fraction` of the forget items, re-measure the other forget items (as
     `<forget>_rest`) and the retain split, then restore the weights (Hu et al. 2024, arXiv 2406.13356;
-    REFERENCE.md section 4). The result records the mean NLL of the relearned items before and after."""
+    docs/attacks.md#relearning). The result records the mean NLL of the relearned items before and after."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")

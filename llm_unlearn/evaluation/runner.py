@@ -1,0 +1,89 @@
+"""Evaluate a model with a suite: `evaluate` scores a loaded model and returns the eval.json record;
+`evaluate_model` loads the model its arguments name, evaluates it (a share of the items per process under
+`accelerate launch`) and writes eval.json and the report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_unlearn.evaluation.evaluator import evaluate_splits
+from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
+from llm_unlearn.evaluation.suite import Suite
+from llm_unlearn.manifest import read_record
+from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
+
+EVAL_FILE = "eval.json"
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    suite: Suite,
+    *,
+    reference: EvalResult | None = None,
+) -> dict[str, Any]:
+    """Score `model` on every split of `suite`: per-item values, aggregates, membership inference, model
+    utility, forget quality against `reference` (the retain model's eval) and the suite's attacks."""
+    datasets, config = suite.load()
+    return evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+
+
+def evaluate_model(
+    model_args: ModelArguments,
+    suite: Suite,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Evaluate the model `model_args` names (at its revision, dtype and trust_remote_code) with `suite` (against
+    its `reference_eval`) and write `output_dir/eval.json` (and, with the suite's `report`, the report beside
+    it); returns its path. Under `accelerate launch` every process evaluates a share of the items and the main
+    process writes."""
+    # PartialState, unlike the Trainer's arguments, does not read ACCELERATE_USE_CPU itself: without it a CPU
+    # run under torchrun would see one process and let every rank write. The true values are those accelerate
+    # accepts for its env flags (accelerate.utils.str_to_bool).
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("y", "yes", "t", "true", "on", "1")
+    state = PartialState(cpu=use_cpu)
+    path = Path(output_dir) / EVAL_FILE
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    if not model_args.model_name_or_path:
+        raise ValueError("no model to evaluate; pass --model_name_or_path (a Hub id, a directory or 'embedded').")
+    reference, reference_eval = None, suite.reference_eval
+    if reference_eval is not None:
+        # Checked before loading any model or data, so a wrong path fails at once.
+        if not Path(reference_eval).is_file():
+            raise FileNotFoundError(f"--reference_eval {reference_eval} does not exist.")
+        reference = load_eval(reference_eval)
+    started = time.perf_counter()
+    datasets, config = suite.load()
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype or "float32",
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+    )
+    model.to(state.device)
+    result = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+    result.update(
+        suite=suite.suite,
+        model=model_args.model_name_or_path,
+        # Which model version was measured, by content hash (llm_unlearn.manifest).
+        artifacts={"read": [read_record(model_args.model_name_or_path, model_args.model_revision)]},
+        reference_eval=str(Path(reference_eval).resolve()) if reference_eval else None,
+        num_processes=state.num_processes,
+        wall_time_s=time.perf_counter() - started,
+    )
+    if state.is_main_process:
+        save_eval(result, path)
+        if suite.report:
+            write_report([path.parent], path.parent)
+    state.wait_for_everyone()
+    return path
