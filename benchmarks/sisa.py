@@ -28,22 +28,14 @@ FINETUNE_CONFIG = ROOT / "configs" / "builtin" / "finetune.yaml"
 METRICS = ("probability", "rouge_l_recall")
 
 
-def run_recipe(module, config: Path, overrides: list[str]) -> Path:
-    """Run a recipe as `llm-unlearn` would, from its YAML config plus command-line overrides."""
-    return module.main(*module.make_parser().parse_args_and_config(["--config", str(config), *overrides]))
-
-
 def evaluate(model, tokenizer, splits, max_new_tokens: int) -> dict[str, float]:
     """Mean probability and ROUGE-L recall on each split, as `split/metric`."""
     from llm_unlearn.evaluation import EvalConfig, evaluate_splits
+    from llm_unlearn.evaluation.results import EvalResult
 
     config = EvalConfig(metrics=METRICS, batch_size=16, max_new_tokens=max_new_tokens, max_length=128)
-    result = evaluate_splits(model, tokenizer, splits, config)
-    return {
-        f"{split}/{metric}": result["splits"][split]["aggregates"][metric]["mean"]
-        for split in splits
-        for metric in METRICS
-    }
+    result = EvalResult(evaluate_splits(model, tokenizer, splits, config))
+    return {f"{split}/{metric}": result.mean(split, metric) for split in splits for metric in METRICS}
 
 
 def main() -> None:
@@ -59,21 +51,23 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from llm_unlearn.commands import finetune
-    from llm_unlearn.commands import sisa as sisa_recipe
+    from llm_unlearn.config_files import load_arguments
     from llm_unlearn.data.loading import load_records
+    from llm_unlearn.finetune import FINETUNE_ARGUMENTS, finetune
     from llm_unlearn.models import load_model_and_tokenizer
     from llm_unlearn.sisa.delete import delete
+    from llm_unlearn.sisa.train import SISA_ARGUMENTS, train
 
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="llm_unlearn_sisa_bench."))
-    common = ["--model_name_or_path", args.model, "--overwrite", "true", "--disable_tqdm", "true"]
+    common = {"model_name_or_path": args.model, "disable_tqdm": True}
 
     started = time.perf_counter()
-    sisa_dir = run_recipe(
-        sisa_recipe, SISA_CONFIG,
-        [*common, "--output_dir", str(out / "sisa"), "--num_shards", str(args.num_shards),
-         "--num_slices", str(args.num_slices)],
+    sisa_args, training_args, model_args = load_arguments(
+        SISA_ARGUMENTS, SISA_CONFIG, **common, output_dir=str(out / "sisa"), num_shards=args.num_shards,
+        num_slices=args.num_slices,
     )  # fmt: skip
+    sisa_dir = train(sisa_args, training_args, model_args, num_shards=args.num_shards,
+                     num_slices=args.num_slices, overwrite=True)  # fmt: skip
     sisa_wall = time.perf_counter() - started
     record = json.loads((sisa_dir / "sisa.json").read_text())
     place = record["subjects"][args.subject]
@@ -84,11 +78,11 @@ def main() -> None:
         (f"single adapter without {args.subject}", "retain"),
     ):
         started = time.perf_counter()
-        single_dir = run_recipe(
-            finetune, FINETUNE_CONFIG,
-            [*common, "--output_dir", str(out / f"single-{train_on}"), "--forget_subjects", args.subject,
-             "--train_on", train_on],
+        data_args, training_args, model_args = load_arguments(
+            FINETUNE_ARGUMENTS, FINETUNE_CONFIG, **common, output_dir=str(out / f"single-{train_on}"),
+            forget_subjects=[args.subject], train_on=train_on,
         )  # fmt: skip
+        single_dir = finetune(model_args, data_args, training_args, overwrite=True)
         run = json.loads((single_dir / "run.json").read_text())
         cost = (
             run["log_history"][-1]["step"],

@@ -84,6 +84,10 @@ class SisaArguments(DataArguments):
         check_options(self, self.num_shards, self.num_slices)
 
 
+# What a SISA recipe config holds, in the order of the sisa command's parser.
+SISA_ARGUMENTS = (SisaArguments, TrainingArguments, ModelArguments)
+
+
 def check_single_process() -> None:
     """Raise RuntimeError under several processes: the shards train one after another in one process."""
     if PartialState().num_processes > 1:
