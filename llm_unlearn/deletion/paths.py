@@ -27,6 +27,7 @@ from llm_unlearn.deletion.report import model_artifact
 from llm_unlearn.evaluation.results import EvalResult, load_eval
 from llm_unlearn.files import atomic_directory
 from llm_unlearn.manifest import model_version, sha256_file
+from llm_unlearn.models import ModelArguments
 from llm_unlearn.sisa import SISA_FILE, checkpoint_name, is_sisa_dir, read_sisa_record, shard_dir
 from llm_unlearn.sisa.delete import delete
 from llm_unlearn.unlearn import UNLEARN_ARGUMENTS, unlearn
@@ -107,8 +108,9 @@ class RecipePath:
 
     kind = "approximate"
 
-    def __init__(self, model: str, recipe: str) -> None:
-        self.model, self.recipe = model, recipe
+    def __init__(self, model_args: ModelArguments, recipe: str) -> None:
+        self.model_args, self.recipe = model_args, recipe
+        self.model = model_args.model_name_or_path
 
     def identity(self) -> str:
         """The recipe file's sha256."""
@@ -131,6 +133,7 @@ class RecipePath:
         """Run the recipe with the subjects as the forget set (the recipe writes its output atomically)."""
         data_args, training_args, model_args = load_arguments(
             UNLEARN_ARGUMENTS, self.recipe, model_name_or_path=self.model, forget_subjects=list(subjects),
+            model_revision=self.model_args.model_revision, trust_remote_code=self.model_args.trust_remote_code,
             output_dir=str(output), **data,
         )  # fmt: skip
         unlearn(model_args, data_args, training_args, overwrite=replace)
@@ -338,10 +341,11 @@ class SisaPath:
         }
 
 
-def unlearning_path(model: str, recipe: str | None) -> UnlearningPath:
-    """The SISA path for a SISA directory, else the recipe's."""
+def unlearning_path(model_args: ModelArguments, recipe: str | None) -> UnlearningPath:
+    """The SISA path for a SISA directory, else the recipe's (run on the model at its revision)."""
+    model = model_args.model_name_or_path
     if is_sisa_dir(model):
         return SisaPath(model)
     if recipe is None:
-        raise ValueError(f"--model {model} is not a SISA directory, so forget needs an unlearning --recipe.")
-    return RecipePath(model, recipe)
+        raise ValueError(f"--model_name_or_path {model} is not a SISA directory, so forget needs an unlearning --recipe.")
+    return RecipePath(model_args, recipe)

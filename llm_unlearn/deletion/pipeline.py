@@ -473,7 +473,7 @@ def process(
     if not model:
         raise ValueError("deletion requests need the trained model: pass --model_name_or_path.")
     settings = settings.for_model(model)
-    path = unlearning_path(model, settings.recipe)
+    path = unlearning_path(model_args, settings.recipe)
     data = load_records(settings.dataset, config=settings.dataset_config, split=settings.dataset_split)
     if isinstance(path, SisaPath) and fingerprint(data) != path.record["data"]["fingerprint"]:
         recorded = path.record["data"]
