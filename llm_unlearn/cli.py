@@ -1,5 +1,5 @@
-"""The `llm-unlearn` command: `demo`; the recipes `finetune`, `unlearn`, `sisa` and `eval`; `report`; the CI
-`gate`; `forget` (deletion requests); `push` (publish on the Hub)."""
+"""The `llm-unlearn` command: `demo`; the recipes `finetune`, `unlearn`, `sisa` and `eval`; `methods` (each
+method's `method_args`); `report`; the CI `gate`; `forget` (deletion requests); `push` (publish on the Hub)."""
 
 from __future__ import annotations
 

@@ -83,6 +83,19 @@ def test_only_the_commands_import_the_commands():
     assert {module: targets for module, targets in offenders.items() if targets} == {}
 
 
+def test_no_library_module_parses_a_command_line():
+    """The library calls typed entry points; only the commands build and run parsers."""
+    parsing = {"parse_args_and_config", "make_parser", "parse_args", "parse_args_into_dataclasses"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if module_name(path).startswith(COMMANDS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in parsing:
+                offenders.append(f"{module_name(path)}:{node.lineno} {node.func.attr}")
+    assert offenders == []
+
+
 def test_the_import_graph_has_no_cycle():
     assert cycles(import_graph()) == []
 
