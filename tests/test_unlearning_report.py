@@ -29,6 +29,7 @@ from llm_unlearn.deletion import (
 )
 from llm_unlearn.deletion.paths import RecipePath
 from llm_unlearn.evaluation.results import EvalResultBuilder, save_eval
+from llm_unlearn.models import ModelArguments
 
 EXAMPLES = {
     "person-0000": [
@@ -284,7 +285,7 @@ def test_the_approximate_comparison_divides_the_unlearning_cost_by_the_retain_mo
     evaluation = (
         EvalResultBuilder().summary("forget_quality", 0.2).summary("privleak", None, reason="no reference").build()
     )
-    path = RecipePath(unlearned, "recipe.yaml")
+    path = RecipePath(ModelArguments(model_name_or_path=unlearned), "recipe.yaml")
     comparison = path.comparison(Path(unlearned), evaluation, str(reference))
     assert comparison["kind"] == "approximate" and comparison["reference"] == str(reference.resolve())
     assert comparison["values"] == {

@@ -26,6 +26,7 @@ from typing import Any
 from llm_unlearn.data.schema import PERTURBED_FIELD, QA_OPTIONAL_STRINGS, QA_REQUIRED, TEXT_FIELD
 from llm_unlearn.evaluation.report import Block, Bullets, Code, Heading, Paragraph, Table, render_markdown
 from llm_unlearn.manifest import read_record
+from llm_unlearn.sisa.record import EXACT_GUARANTEE
 
 REPORT_JSON = "unlearning_report.json"
 REPORT_MD = "unlearning_report.md"
@@ -57,13 +58,6 @@ APPROXIMATE_LIMITATIONS = (
     "examples, or public text the base model was trained on) is not removed by removing the subject's "
     "examples.",
     "Earlier model versions listed as having contained the data still contain it until they are deleted.",
-)
-EXACT_GUARANTEE = (
-    "Exact unlearning (SISA, Bourtoule et al. 2021): the served model is the ensemble of shard models none "
-    "of which was trained on the subject's examples after the deletion. The shard that held them was "
-    "retrained from the checkpoint taken before its first slice containing them, on its remaining data, and "
-    "the other shards never saw them; the result is a model that could have been trained had the examples "
-    "never been in the training data."
 )
 EXACT_LIMITATIONS = (
     "The guarantee covers the examples identified by the fingerprints above, in the training data recorded "

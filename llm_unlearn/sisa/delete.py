@@ -21,11 +21,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 from llm_unlearn.data.formatting import tokenize_dataset
 from llm_unlearn.data.loading import content_fingerprints
 from llm_unlearn.data.schema import SUBJECT_FIELD, DataError, validate_dataset
-from llm_unlearn.deletion.report import EXACT_GUARANTEE
 from llm_unlearn.files import atomic_directory, write_json_atomic
 from llm_unlearn.models import load_model_and_tokenizer
 from llm_unlearn.sisa.plan import shard_slices
 from llm_unlearn.sisa.record import (
+    EXACT_GUARANTEE,
     SISA_FILE,
     base_model_kwargs,
     checkpoint_name,

@@ -23,6 +23,14 @@ SISA_FILE = "sisa.json"
 # Still 1: the base's revision and trust_remote_code came as added keys, so an older reader still reads a new
 # sisa.json, and `base_model_kwargs` reads an old one.
 SISA_FORMAT = "llm_unlearn.sisa/1"
+# What a deletion from a SISA run guarantees, as its log in sisa.json and the unlearning report state it.
+EXACT_GUARANTEE = (
+    "Exact unlearning (SISA, Bourtoule et al. 2021): the served model is the ensemble of shard models none "
+    "of which was trained on the subject's examples after the deletion. The shard that held them was "
+    "retrained from the checkpoint taken before its first slice containing them, on its remaining data, and "
+    "the other shards never saw them; the result is a model that could have been trained had the examples "
+    "never been in the training data."
+)
 SHARDS_DIR = "shards"
 INIT_CHECKPOINT = "init"
 # The files that make an adapter checkpoint; PEFT's README.md beside them is a generated card, not weights.
