@@ -1,7 +1,10 @@
-"""`accelerate launch eval/run.py --config ...` or `python eval/run.py --model_name_or_path DIR ...`: see
-llm_unlearn/commands/evaluate.py."""
+"""`accelerate launch eval/run.py --config eval/builtin.yaml --model_name_or_path DIR --output_dir DIR`
 
-from llm_unlearn.commands.evaluate import main, make_parser
+The `llm-unlearn eval` command (llm_unlearn/commands/evaluate.py) as a file, for `accelerate launch`."""
+
+import sys
+
+from llm_unlearn.cli import main
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    sys.exit(main(["eval", *sys.argv[1:]]))

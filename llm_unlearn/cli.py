@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
+
+import yaml
 
 from llm_unlearn.resources import config_path
 
@@ -32,6 +35,12 @@ COMMANDS = {
 }
 
 
+EXIT_BAD_INPUT = 2
+DEBUG_ENV = "LLM_UNLEARN_DEBUG"
+# Errors that mean the input is wrong or unavailable (files, values, the ledger, the Hub, whose errors are
+# OSErrors), not a bug: the library raises these with a message that names what is wrong.
+BAD_INPUT = (ValueError, OSError, sqlite3.Error, yaml.YAMLError)
+
 PACKAGED_NOTE = (
     "A relative path to a .yaml under configs/ or eval/ that does not exist in the current directory is read "
     "from the copy packaged with llm_unlearn: `--config configs/builtin/graddiff_lora.yaml` or "
@@ -53,8 +62,12 @@ def with_packaged_configs(args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a subcommand; each subcommand parses its own arguments (and `--config file.yaml`)."""
+    """Dispatch to a subcommand; each subcommand parses its own arguments (and `--config file.yaml`). Bad input
+    (a missing file, a wrong value, an unreadable ledger, a Hub error) ends with one line on stderr and exit
+    code 2; `--debug` (or LLM_UNLEARN_DEBUG=1) shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    argv = [arg for arg in argv if arg != "--debug"]
     parser = argparse.ArgumentParser(prog="llm-unlearn", description=__doc__, epilog=PACKAGED_NOTE)
     parser.add_argument(
         "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
@@ -68,9 +81,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     module = importlib.import_module(COMMANDS[command][0])
     recipe_parser = module.make_parser(prog=f"llm-unlearn {command}")
-    result = module.main(*recipe_parser.parse_args_and_config(with_packaged_configs(argv[1:])))
-    # `gate` returns its exit code; the recipes return paths or nothing, which means success.
+    # argparse would take `--learning_rat` for `--learning_rate`: a typo must be an error, not a guess.
+    recipe_parser.allow_abbrev = False
+    try:
+        result = module.main(*recipe_parser.parse_args_and_config(with_packaged_configs(argv[1:])))
+    except BAD_INPUT as error:
+        if debug:
+            raise
+        print(f"llm-unlearn {command}: error: {describe_error(error)}", file=sys.stderr)
+        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # `gate` and `forget` return their exit code; the recipes return paths or nothing, which means success.
     return result if isinstance(result, int) else 0
+
+
+def describe_error(error: BaseException) -> str:
+    """The error's message; for an OS, SQLite, decoding or YAML error also its kind, which the message alone
+    omits."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, OSError | sqlite3.Error | UnicodeError | yaml.YAMLError):
+        return f"{type(error).__name__}: {message}"
+    return message
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""`accelerate launch recipes/finetune.py --config configs/....yaml`: see llm_unlearn/commands/finetune.py."""
+"""`accelerate launch recipes/finetune.py --config configs/builtin/finetune.yaml`
 
-from llm_unlearn.commands.finetune import main, make_parser
+The `llm-unlearn finetune` command (llm_unlearn/commands/finetune.py) as a file, for `accelerate launch`."""
+
+import sys
+
+from llm_unlearn.cli import main
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    sys.exit(main(["finetune", *sys.argv[1:]]))

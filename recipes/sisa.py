@@ -1,6 +1,10 @@
-"""`accelerate launch recipes/sisa.py --config configs/builtin/sisa.yaml`: see llm_unlearn/commands/sisa.py."""
+"""`accelerate launch recipes/sisa.py --config configs/builtin/sisa.yaml`
 
-from llm_unlearn.commands.sisa import main, make_parser
+The `llm-unlearn sisa` command (llm_unlearn/commands/sisa.py) as a file, for `accelerate launch`."""
+
+import sys
+
+from llm_unlearn.cli import main
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    sys.exit(main(["sisa", *sys.argv[1:]]))

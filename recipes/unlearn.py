@@ -1,6 +1,10 @@
-"""`accelerate launch recipes/unlearn.py --config configs/....yaml`: see llm_unlearn/commands/unlearn.py."""
+"""`accelerate launch recipes/unlearn.py --config configs/builtin/graddiff_lora.yaml`
 
-from llm_unlearn.commands.unlearn import main, make_parser
+The `llm-unlearn unlearn` command (llm_unlearn/commands/unlearn.py) as a file, for `accelerate launch`."""
+
+import sys
+
+from llm_unlearn.cli import main
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    sys.exit(main(["unlearn", *sys.argv[1:]]))

@@ -1,0 +1,103 @@
+"""Bad input to the `llm-unlearn` commands: one line on stderr that names what is wrong, exit code 2, no
+traceback (unless --debug), no model loaded, and no file that was there before changed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_unlearn import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+GRADDIFF = str(ROOT / "configs" / "builtin" / "graddiff_lora.yaml")
+SUITE = str(ROOT / "eval" / "builtin.yaml")
+
+
+def files_of(directory: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def write_inputs(tmp: Path) -> None:
+    """The bad files some cases read."""
+    suite = {"splits": ["forget"], "split_options": {"forget": {"metric": ["x"]}}}
+    (tmp / "suite_typo.yaml").write_text(yaml.safe_dump(suite))
+    (tmp / "broken.yaml").write_text("method: [unclosed\n")
+
+
+def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Each case: the command line, and a text the error message must contain."""
+    suite_typo, not_yaml = tmp / "suite_typo.yaml", tmp / "broken.yaml"
+    out = ["--output_dir", str(tmp / "out")]
+    return {
+        "a flag given by a prefix of its name": (
+            ["unlearn", "--config", GRADDIFF, *out, "--learning_rat", "1e-4"], "--learning_rat"
+        ),
+        "an unknown method": (["unlearn", "--config", GRADDIFF, *out, "--method", "gd"], "unknown unlearning method 'gd'"),
+        "a method argument of the wrong type": (
+            ["unlearn", "--config", GRADDIFF, *out, "--method", "npo", "--method_args", '{"beta": "high"}'],
+            "method_args.beta must be a float, got 'high'",
+        ),
+        "a method argument the method does not take": (
+            ["unlearn", "--config", GRADDIFF, *out, "--method", "npo", "--method_args", '{"betta": 1}'], "['betta']"
+        ),
+        "a config file that does not exist": (["unlearn", "--config", str(tmp / "none.yaml"), *out], "none.yaml"),
+        "a config file that is not YAML": (["unlearn", "--config", str(not_yaml), *out], "broken.yaml"),
+        "eval without an output directory": (
+            ["eval", "--config", SUITE, "--model_name_or_path", "embedded"], "eval needs --output_dir"
+        ),
+        "eval with a reference eval that does not exist": (
+            ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval",
+              str(tmp / "retain.json")],
+            "retain.json does not exist",
+        ),
+        "a suite with an unknown split option": (
+            ["eval", "--config", str(suite_typo), "--model_name_or_path", "embedded", *out], "unknown keys ['metric']"
+        ),
+        "a gate on an eval.json that does not exist": (
+            ["gate", str(tmp / "eval.json"), "--check", "forget_quality>=0.05"], "eval.json does not exist"
+        ),
+        "a gate check that does not parse": (["gate", str(tmp / "eval.json"), "--check", "forget_quality=>1"], "=>"),
+        "a report of a directory without eval.json": (["report", str(tmp)], "eval.json"),
+        "forget without a check": (
+            ["forget", "--subject", "s-a", "--model_name_or_path", "embedded", "--recipe", GRADDIFF, "--suite", SUITE],
+            "at least one --check",
+        ),
+        "sisa with no shards": (
+            ["sisa", "--config", str(ROOT / "configs" / "builtin" / "sisa.yaml"), *out, "--num_shards", "0"],
+            "num_shards",
+        ),
+        "an unknown method to describe": (["methods", "gd"], "gd"),
+    }
+
+
+CASE_NAMES = list(cases(Path("/nonexistent")))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_clear_line_and_changes_nothing(name, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("bad input must be refused before a model loads")
+
+    monkeypatch.setattr("llm_unlearn.models.load_model_and_tokenizer", no_model)
+    write_inputs(tmp_path)
+    argv, expected = cases(tmp_path)[name]
+    before = files_of(tmp_path)
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expected in err
+    assert "Traceback" not in err
+    assert files_of(tmp_path) == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"retain\.json does not exist"):
+        cli.main(["eval", "--config", SUITE, "--model_name_or_path", "embedded", "--output_dir", str(tmp_path),
+                  "--reference_eval", str(tmp_path / "retain.json"), "--debug"])  # fmt: skip
