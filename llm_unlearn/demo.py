@@ -218,7 +218,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         rows[name] = load_eval(path).row()
     rows = {name: rows[name] for name in dirs}
     report_md, report_html = _timed(
-        phases, "report", lambda: write_report(list(dirs.values()), out / "report")
+        phases, "report", lambda: write_report(list(dirs.values()), out / "report", overwrite=args.overwrite)
     )
     checks = {name: check_forgetting(rows["target"], rows[name]) for name in unlearned}
     seconds.update({name: phases[f"finetune_{name}"] for name in ("target", "retain")})

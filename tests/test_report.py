@@ -386,6 +386,21 @@ def test_cli_single_run_writes_into_its_directory(runs: dict[str, Path]) -> None
     assert (runs["retain"] / "report_files" / "training_retain.png").is_file()
 
 
+@pytest.mark.usefixtures("no_drawing")
+def test_a_report_is_not_written_over_without_overwrite(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    argv = ["report", str(runs["target"]), str(runs["unlearned"]), "--output_dir", str(out)]
+    assert cli.main(argv) == 0
+    mine = out / "report_files" / "my_plot.png"
+    mine.write_bytes(b"a user's own plot")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert cli.main([*argv, "--title", "Again"]) == 2
+    assert "already holds a report (report.md, report.html, report_files); pass --overwrite" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert cli.main([*argv, "--title", "Again", "--overwrite", "true"]) == 0
+    assert (out / "report.md").read_text().startswith("# Again\n") and not mine.exists()
+
+
 def test_cli_several_runs_need_an_output_dir(runs: dict[str, Path], capsys) -> None:
     assert cli.main(["report", str(runs["target"]), str(runs["retain"])]) == 2
     assert "report over 2 run directories needs --output_dir" in capsys.readouterr().err

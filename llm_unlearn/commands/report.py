@@ -33,6 +33,9 @@ class ReportScriptArguments:
         default=None, metadata={"help": "One name per run directory; default: the directory names."}
     )
     title: str | None = field(default=None, metadata={"help": "Report title."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace a report already in the output directory (and its report_files/)."}
+    )
 
     def __post_init__(self) -> None:
         if not self.run_dirs:
@@ -51,8 +54,9 @@ class ReportScriptArguments:
 def main(script_args: ReportScriptArguments) -> tuple[Path, Path]:
     """Write the report; returns the paths of report.md and report.html."""
     paths = write_report(
-        script_args.run_dirs, script_args.output_dir, labels=script_args.labels, title=script_args.title
-    )
+        script_args.run_dirs, script_args.output_dir, labels=script_args.labels, title=script_args.title,
+        overwrite=script_args.overwrite,
+    )  # fmt: skip
     print(f"wrote {paths[0]} and {paths[1]}")
     return paths
 

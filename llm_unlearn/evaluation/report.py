@@ -27,6 +27,8 @@ FILES_DIR = "report_files"
 # Summary values shown first, in this order; other summary keys follow.
 SUMMARY_KEYS = ("forget_quality", "model_utility", "privleak")
 # Per-split aggregates worth a row in the summary table; the per-split tables list every aggregate.
+# What a report writes into its output directory.
+REPORT_OUTPUTS = ("report.md", "report.html", FILES_DIR)
 MAIN_METRICS = (
     "probability",
     "probability_mc",
@@ -590,18 +592,32 @@ def _labels(run_dirs: Sequence[Path], given: Sequence[str] | None) -> list[str]:
     return labels
 
 
+def check_report_output(output_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to write a report over one already in `output_dir` (report.md, report.html, report_files/) unless
+    `overwrite`: a user's own files in report_files/ would go with it."""
+    existing = [name for name in REPORT_OUTPUTS if (Path(output_dir) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a report ({', '.join(existing)}); pass --overwrite to replace it, or "
+            "choose another --output_dir."
+        )
+
+
 def write_report(
     run_dirs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write report.md (with its plots in report_files/) and a self-contained report.html into `output_dir`
     over the eval.json (and run.json) of each run directory; returns the two paths. Labels default to the
-    directory names; a single run's recorded reference eval, when readable, joins the truth-ratio plot."""
+    directory names; a single run's recorded reference eval, when readable, joins the truth-ratio plot. A
+    report already there is replaced only with `overwrite`."""
     if not run_dirs:
         raise ValueError("a report needs at least one run directory holding an eval.json.")
+    check_report_output(output_dir, overwrite)
     paths = [Path(run_dir) for run_dir in run_dirs]
     names = _labels(paths, labels)
     runs = [load_run(path, label) for path, label in zip(paths, names, strict=True)]

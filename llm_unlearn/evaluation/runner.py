@@ -13,7 +13,7 @@ from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.evaluation.evaluator import evaluate_splits
-from llm_unlearn.evaluation.report import write_report
+from llm_unlearn.evaluation.report import check_report_output, write_report
 from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
 from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.manifest import read_record
@@ -54,6 +54,8 @@ def evaluate_model(
     path = Path(output_dir) / EVAL_FILE
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    if suite.report:
+        check_report_output(output_dir, overwrite)
     if not model_args.model_name_or_path:
         raise ValueError("no model to evaluate; pass --model_name_or_path (a Hub id, a directory or 'embedded').")
     reference, reference_eval = None, suite.reference_eval
@@ -84,6 +86,6 @@ def evaluate_model(
     if state.is_main_process:
         save_eval(result, path)
         if suite.report:
-            write_report([path.parent], path.parent)
+            write_report([path.parent], path.parent, overwrite=overwrite)
     state.wait_for_everyone()
     return path
