@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.formatting import PaddingCollator, tokenize_dataset
 from llm_unlearn.models import ModelArguments, load_from_args
-from llm_unlearn.run_record import describe_data, finish_run, prepare_output
+from llm_unlearn.run_record import describe_data, finish_run, staged_output
 
 TRAIN_ON = ("all", "retain")
 
@@ -47,31 +47,32 @@ def finetune(
     `training_args.output_dir`, which appears only when the run is complete; returns it."""
     started = time.perf_counter()
     output_dir = training_args.output_dir
-    training_args.output_dir = str(prepare_output(output_dir, overwrite))
-    set_seed(training_args.seed)
-    split = data_args.load_split()
-    data = split.retain
-    if data_args.train_on == "all":
-        data = concatenate_datasets([split.forget, split.retain])
-    model, tokenizer = load_from_args(model_args)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=tokenize_dataset(data, tokenizer, **data_args.format_kwargs()),
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-    )
-    result = trainer.train()
-    record = {
-        "recipe": "finetune",
-        "train_on": data_args.train_on,
-        "data": {
-            "train": describe_data(data),
-            "forget_excluded": describe_data(split.forget) if data_args.train_on == "retain" else None,
-            "holdout": describe_data(split.holdout),
-        },
-    }
-    return finish_run(
-        trainer, output_dir, record, script_args=data_args, model_args=model_args, train_output=result,
-        started=started,
-    )  # fmt: skip
+    with staged_output(output_dir, overwrite) as staging:
+        training_args.output_dir = str(staging)
+        set_seed(training_args.seed)
+        split = data_args.load_split()
+        data = split.retain
+        if data_args.train_on == "all":
+            data = concatenate_datasets([split.forget, split.retain])
+        model, tokenizer = load_from_args(model_args)
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            train_dataset=tokenize_dataset(data, tokenizer, **data_args.format_kwargs()),
+            data_collator=PaddingCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+        record = {
+            "recipe": "finetune",
+            "train_on": data_args.train_on,
+            "data": {
+                "train": describe_data(data),
+                "forget_excluded": describe_data(split.forget) if data_args.train_on == "retain" else None,
+                "holdout": describe_data(split.holdout),
+            },
+        }
+        return finish_run(
+            trainer, output_dir, record, script_args=data_args, model_args=model_args, train_output=result,
+            started=started,
+        )  # fmt: skip

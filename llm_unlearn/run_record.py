@@ -3,6 +3,7 @@ final move of a finished run from its staging directory into place."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -10,6 +11,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,20 @@ def prepare_output(output_dir: str | os.PathLike, overwrite: bool) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
     return staging
+
+
+@contextlib.contextmanager
+def staged_output(output_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """`prepare_output`'s staging directory for the block, removed when the block raises: a run that fails
+    leaves neither a partial output nor an empty `.NAME.partial` behind (the output is moved into place by
+    `finish_run`)."""
+    staging = prepare_output(output_dir, overwrite)
+    try:
+        yield staging
+    except BaseException:
+        if PartialState().is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def finish_run(

@@ -12,7 +12,7 @@ from llm_unlearn.evaluation.callback import UnlearningEvalCallback
 from llm_unlearn.evaluation.results import load_eval
 from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.models import ModelArguments, load_from_args
-from llm_unlearn.run_record import describe_data, finish_run, jsonable, prepare_output
+from llm_unlearn.run_record import describe_data, finish_run, jsonable, staged_output
 from llm_unlearn.trainer import UnlearnConfig, UnlearnTrainer
 
 # What an unlearning recipe config holds, in the order of the unlearn command's parser (TRL's: script, training,
@@ -38,44 +38,45 @@ def unlearn(
         # Read before the model loads, so a bad suite fails at once.
         suite = Suite.from_yaml(training_args.eval_config)
         splits, eval_config = suite.load()
-    training_args.output_dir = str(prepare_output(output_dir, overwrite))
-    set_seed(training_args.seed)
-    split = data_args.load_split()
-    model, tokenizer = load_from_args(model_args)
-    trainer = UnlearnTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=split.forget,
-        retain_dataset=split.retain,
-        processing_class=tokenizer,
-        prompt_format=data_args.format_kwargs(),
-    )
-    eval_callback = None
-    if suite is not None:
-        eval_callback = UnlearningEvalCallback(
-            trainer,
-            splits,
-            eval_config,
-            eval_every_steps=training_args.eval_every_steps,
-            best_metric=training_args.best_metric,
-            greater_is_better=training_args.greater_is_better,
-            reference=load_eval(suite.reference_eval) if suite.reference_eval is not None else None,
+    with staged_output(output_dir, overwrite) as staging:
+        training_args.output_dir = str(staging)
+        set_seed(training_args.seed)
+        split = data_args.load_split()
+        model, tokenizer = load_from_args(model_args)
+        trainer = UnlearnTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=split.forget,
+            retain_dataset=split.retain,
+            processing_class=tokenizer,
+            prompt_format=data_args.format_kwargs(),
         )
-        trainer.add_callback(eval_callback)
-    result = trainer.train()
-    record = {
-        "recipe": "unlearn",
-        "method": trainer.method.name,
-        "method_config": jsonable(trainer.method_config),
-        "safeguard": trainer.safeguard_report(),
-        "eval_during_training": eval_callback.report() if eval_callback is not None else None,
-        "data": {
-            "forget": describe_data(split.forget),
-            "retain": describe_data(split.retain),
-            "holdout": describe_data(split.holdout),
-        },
-    }
-    return finish_run(
-        trainer, output_dir, record, script_args=data_args, model_args=model_args, train_output=result,
-        started=started,
-    )  # fmt: skip
+        eval_callback = None
+        if suite is not None:
+            eval_callback = UnlearningEvalCallback(
+                trainer,
+                splits,
+                eval_config,
+                eval_every_steps=training_args.eval_every_steps,
+                best_metric=training_args.best_metric,
+                greater_is_better=training_args.greater_is_better,
+                reference=load_eval(suite.reference_eval) if suite.reference_eval is not None else None,
+            )
+            trainer.add_callback(eval_callback)
+        result = trainer.train()
+        record = {
+            "recipe": "unlearn",
+            "method": trainer.method.name,
+            "method_config": jsonable(trainer.method_config),
+            "safeguard": trainer.safeguard_report(),
+            "eval_during_training": eval_callback.report() if eval_callback is not None else None,
+            "data": {
+                "forget": describe_data(split.forget),
+                "retain": describe_data(split.retain),
+                "holdout": describe_data(split.holdout),
+            },
+        }
+        return finish_run(
+            trainer, output_dir, record, script_args=data_args, model_args=model_args, train_output=result,
+            started=started,
+        )  # fmt: skip

@@ -193,3 +193,23 @@ def test_lora_unlearning_leaves_the_base_weights_bit_identical(tiny_model_dir, q
     after = dict(model.named_parameters())
     assert all(torch.equal(base_before[n], after[n].detach().cpu()) for n in base_before)
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in after.items() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("module", [finetune, unlearn], ids=["finetune", "unlearn"])
+def test_a_run_that_fails_leaves_no_partial_output(module, tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    """A failure after the run wrote into its staging directory removes it: nothing half-written is left."""
+    import llm_unlearn.finetune
+    import llm_unlearn.unlearn
+
+    def fail_while_saving(trainer, *args, **kwargs):
+        (Path(trainer.args.output_dir) / "half-written.bin").write_bytes(b"x")
+        raise RuntimeError("disk full")
+
+    library = llm_unlearn.finetune if module is finetune else llm_unlearn.unlearn
+    monkeypatch.setattr(library, "finish_run", fail_while_saving)
+    out = tmp_path / "out"
+    args = recipe_args(tiny_model_dir, qa_file, out, "--max_steps", "1", "--per_device_train_batch_size", "2",
+                       "--max_length", "64")  # fmt: skip
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(module, [*args, "--method", "grad_ascent"] if module is unlearn else args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
