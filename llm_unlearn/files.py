@@ -48,11 +48,27 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n", path)
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to reuse a non-empty output directory unless `overwrite` is set."""
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Raise, naming the path, when the directory `path` could not be created or written into: checked before
+    any expensive work, so that its results are not lost to a bad output path."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output_dir {str(path)!r} exists and is a file; give a directory path.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"output_dir {str(path)!r} cannot be created: {str(existing)!r} is a file; give a directory path."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output_dir {str(path)!r} cannot be written: {str(existing)!r} is not writable.")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse to reuse a non-empty output directory unless `overwrite` is set, and one that cannot be written."""
+    path = check_writable_dir(path)
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(
             f"output_dir {str(path)!r} exists and is not empty; pass --overwrite (overwrite=True) to replace it "

@@ -29,6 +29,7 @@ def write_inputs(tmp: Path) -> None:
     suite = {"splits": ["forget"], "split_options": {"forget": {"metric": ["x"]}}}
     (tmp / "suite_typo.yaml").write_text(yaml.safe_dump(suite))
     (tmp / "broken.yaml").write_text("method: [unclosed\n")
+    (tmp / "a_file").write_text("not a directory")
 
 
 def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -56,6 +57,13 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval",
               str(tmp / "retain.json")],
             "retain.json does not exist",
+        ),
+        "eval into a path under a file": (
+            ["eval", "--config", SUITE, "--model_name_or_path", "embedded", "--output_dir", str(tmp / "a_file" / "x")],
+            "a_file' is a file",
+        ),
+        "unlearn into an output directory that is a file": (
+            ["unlearn", "--config", GRADDIFF, "--output_dir", str(tmp / "a_file")], "a_file' exists and is a file"
         ),
         "a suite with an unknown split option": (
             ["eval", "--config", str(suite_typo), "--model_name_or_path", "embedded", *out], "unknown keys ['metric']"
@@ -101,3 +109,30 @@ def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"retain\.json does not exist"):
         cli.main(["eval", "--config", SUITE, "--model_name_or_path", "embedded", "--output_dir", str(tmp_path),
                   "--reference_eval", str(tmp_path / "retain.json"), "--debug"])  # fmt: skip
+
+
+def test_an_evaluation_that_cannot_be_written_is_kept_where_the_error_says(tmp_path, monkeypatch, tiny_model,
+                                                                           tiny_tokenizer):  # fmt: skip
+    from llm_unlearn.evaluation import runner
+    from llm_unlearn.evaluation.results import EvalResultBuilder, load_eval
+    from llm_unlearn.evaluation.suite import Suite
+    from llm_unlearn.models import ModelArguments
+
+    computed = EvalResultBuilder().split("forget", items=[{"probability": 0.25}]).build().to_dict()
+    monkeypatch.setattr(runner, "load_model_and_tokenizer", lambda *args, **kwargs: (tiny_model, tiny_tokenizer))
+    monkeypatch.setattr(runner, "evaluate_splits", lambda *args, **kwargs: dict(computed))
+    out = tmp_path / "out"
+    save = runner.save_eval
+
+    def read_only_output(result, path):
+        if Path(path).parent == out:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return save(result, path)
+
+    monkeypatch.setattr(runner, "save_eval", read_only_output)
+    suite = Suite(dataset_config="num_people=4,num_holdout=2", forget_subjects=["person-0000"], splits=["forget"])
+    with pytest.raises(OSError, match=r"the evaluation is saved in (\S+)\.json") as raised:
+        runner.evaluate_model(ModelArguments(model_name_or_path="tiny"), suite, out)
+    fallback = Path(str(raised.value).rsplit("saved in ", 1)[1].rstrip("."))
+    assert load_eval(fallback).split_items("forget")[0]["probability"] == 0.25
+    fallback.unlink()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from llm_unlearn.evaluation.evaluator import evaluate_splits
 from llm_unlearn.evaluation.report import check_report_output, write_report
 from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
 from llm_unlearn.evaluation.suite import Suite
+from llm_unlearn.files import check_writable_dir
 from llm_unlearn.manifest import read_record
 from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
 
@@ -51,7 +53,7 @@ def evaluate_model(
     # accepts for its env flags (accelerate.utils.str_to_bool).
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("y", "yes", "t", "true", "on", "1")
     state = PartialState(cpu=use_cpu)
-    path = Path(output_dir) / EVAL_FILE
+    path = check_writable_dir(output_dir) / EVAL_FILE
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
     if suite.report:
@@ -84,7 +86,13 @@ def evaluate_model(
         wall_time_s=time.perf_counter() - started,
     )
     if state.is_main_process:
-        save_eval(result, path)
+        try:
+            save_eval(result, path)
+        except OSError as error:
+            # The evaluation is the expensive part: keep it where it can be written, and say where.
+            fallback = Path(tempfile.gettempdir()) / f"llm_unlearn-eval-{os.getpid()}.json"
+            save_eval(result, fallback)
+            raise OSError(f"could not write {path} ({error}); the evaluation is saved in {fallback}.") from error
         if suite.report:
             write_report([path.parent], path.parent, overwrite=overwrite)
     state.wait_for_everyone()
