@@ -11,6 +11,7 @@ import sys
 
 import yaml
 
+from llm_unlearn.config_files import check_known_options, read_config
 from llm_unlearn.resources import config_path
 
 # Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
@@ -83,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe_parser = module.make_parser(prog=f"llm-unlearn {command}")
     # argparse would take `--learning_rat` for `--learning_rate`: a typo must be an error, not a guess.
     recipe_parser.allow_abbrev = False
+    args = with_packaged_configs(argv[1:])
     try:
-        result = module.main(*recipe_parser.parse_args_and_config(with_packaged_configs(argv[1:])))
+        check_config_file(args, recipe_parser)
+        result = module.main(*recipe_parser.parse_args_and_config(args))
     except BAD_INPUT as error:
         if debug:
             raise
@@ -93,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     # `gate` and `forget` return their exit code; the recipes return paths or nothing, which means success.
     return result if isinstance(result, int) else 0
+
+
+def check_config_file(args: list[str], parser: argparse.ArgumentParser) -> None:
+    """Name the options of the `--config` file that the command does not take, with the closest it does, before
+    the parser's own message (which speaks of dataclasses) can."""
+    if "--config" not in args or not hasattr(parser, "dataclass_types"):
+        return
+    index = args.index("--config") + 1
+    if index < len(args):
+        # TrlParser takes `env:` (environment variables to set) besides the dataclasses' fields.
+        check_known_options(read_config(args[index]), tuple(parser.dataclass_types), args[index], also=("env",))
 
 
 def describe_error(error: BaseException) -> str:

@@ -10,6 +10,7 @@ and boolean strings are converted here in the same way.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -86,13 +87,26 @@ def arguments_from_config(
                     ) from None
                 used.add(item.name)
         built.append(kind(**kwargs))
-    unknown = sorted(set(values) - used)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown option(s) {unknown}; accepted are the fields of "
-            f"{', '.join(kind.__name__ for kind in dataclass_types)}."
-        )
+    check_known_options(values, dataclass_types, source)
     return tuple(built)
+
+
+def check_known_options(
+    values: Mapping[str, Any], dataclass_types: tuple[type, ...], source: str, also: tuple[str, ...] = ()
+) -> None:
+    """Raise ConfigError naming every option of `values` that no dataclass has (nor `also`), each with the
+    closest known option when there is one."""
+    known = {item.name for kind in dataclass_types for item in dataclasses.fields(kind) if item.init} | set(also)
+    unknown = sorted(set(values) - known)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    raise ConfigError(
+        f"{source}: unknown option(s) {', '.join(hints)}; `llm-unlearn COMMAND --help` lists the options."
+    )
 
 
 def load_arguments(

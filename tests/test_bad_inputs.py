@@ -30,6 +30,8 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "suite_typo.yaml").write_text(yaml.safe_dump(suite))
     (tmp / "broken.yaml").write_text("method: [unclosed\n")
     (tmp / "a_file").write_text("not a directory")
+    (tmp / "typo.yaml").write_text("method: npo\nlearning_rat: 1.0e-4\n")
+    (tmp / "run.json").write_text('{"recipe": "unlearn"}\n')
 
 
 def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -47,6 +49,13 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "a method argument the method does not take": (
             ["unlearn", "--config", GRADDIFF, *out, "--method", "npo", "--method_args", '{"betta": 1}'], "['betta']"
+        ),
+        "a config key with a typo": (
+            ["unlearn", "--config", str(tmp / "typo.yaml"), *out], "'learning_rat' (did you mean 'learning_rate'?)"
+        ),
+        "a reference eval that is a run.json": (
+            ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval", str(tmp / "run.json")],
+            "run.json is not an eval.json",
         ),
         "a config file that does not exist": (["unlearn", "--config", str(tmp / "none.yaml"), *out], "none.yaml"),
         "a config file that is not YAML": (["unlearn", "--config", str(not_yaml), *out], "broken.yaml"),
