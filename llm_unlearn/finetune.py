@@ -28,6 +28,7 @@ class FinetuneArguments(DataArguments):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.train_on not in TRAIN_ON:
             raise ValueError(f"train_on={self.train_on!r} is not known; use one of {TRAIN_ON}.")
 
@@ -45,6 +46,8 @@ def finetune(
 ) -> Path:
     """Train on the selected data and save the model (or LoRA adapter) with its run.json in
     `training_args.output_dir`, which appears only when the run is complete; returns it."""
+    if training_args.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {training_args.learning_rate}.")
     started = time.perf_counter()
     output_dir = training_args.output_dir
     with staged_output(output_dir, overwrite) as staging:

@@ -55,7 +55,8 @@ class UnlearnConfig(TrainingArguments):
     method_args: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Method hyperparameters, a mapping in YAML or JSON on the command line: '{\"alpha\": 1}'."
+            "help": "The method's hyperparameters: a mapping in a YAML config (method_args: {beta: 0.1}), JSON on "
+            "the command line ('{\"beta\": 0.1}'); `llm-unlearn methods NAME` lists them."
         },
     )
     retain_batch_size: int | None = field(
@@ -101,6 +102,8 @@ class UnlearnConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
         self._check_eval_fields()
         if isinstance(self.method_args, str):
             try:

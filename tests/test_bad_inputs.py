@@ -14,6 +14,7 @@ from llm_unlearn import cli
 ROOT = Path(__file__).resolve().parents[1]
 GRADDIFF = str(ROOT / "configs" / "builtin" / "graddiff_lora.yaml")
 SUITE = str(ROOT / "eval" / "builtin.yaml")
+FINETUNE = str(ROOT / "configs" / "builtin" / "finetune.yaml")
 
 
 def files_of(directory: Path) -> dict[str, str]:
@@ -56,6 +57,15 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "a reference eval that is a run.json": (
             ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval", str(tmp / "run.json")],
             "run.json is not an eval.json",
+        ),
+        "a negative learning rate": (
+            ["unlearn", "--config", GRADDIFF, *out, "--learning_rate", "-0.0001"], "learning_rate must be positive"
+        ),
+        "a negative learning rate to fine-tune with": (
+            ["finetune", "--config", FINETUNE, *out, "--learning_rate", "-0.0001"], "learning_rate must be positive"
+        ),
+        "an unknown prompt template": (
+            ["unlearn", "--config", GRADDIFF, *out, "--prompt_template", "llama"], "prompt_template='llama' is not known"
         ),
         "a config file that does not exist": (["unlearn", "--config", str(tmp / "none.yaml"), *out], "none.yaml"),
         "a config file that is not YAML": (["unlearn", "--config", str(not_yaml), *out], "broken.yaml"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
+from llm_unlearn.data.formatting import PROMPT_TEMPLATES
 from llm_unlearn.data.loading import load_records
 from llm_unlearn.data.selection import UnlearnSplit, select_forget_retain
 
@@ -44,6 +45,15 @@ class DataArguments:
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message for chat templates."})
     max_length: int = field(default=256, metadata={"help": "Maximum tokens per example (prompt + answer)."})
+
+    def __post_init__(self) -> None:
+        # Checked here, before any model loads, rather than when the first example is rendered.
+        if self.prompt_template not in PROMPT_TEMPLATES:
+            raise ValueError(
+                f"prompt_template={self.prompt_template!r} is not known; use one of {PROMPT_TEMPLATES}."
+            )
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be at least 1 token, got {self.max_length}.")
 
     def load_split(self) -> UnlearnSplit:
         """Load the data and split it into forget, retain and holdout sets."""

@@ -110,6 +110,7 @@ class Suite(DataArguments):
     report: bool = field(default=True, metadata={"help": "Write report.md and report.html beside eval.json."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.split_options = _mapping(self.split_options, "split_options")
         self.mia = _mapping(self.mia, "mia") or None
         self.utility = _mapping(self.utility, "utility") or None

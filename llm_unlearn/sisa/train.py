@@ -81,6 +81,7 @@ class SisaArguments(DataArguments):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_options(self, self.num_shards, self.num_slices)
 
 
