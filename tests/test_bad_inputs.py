@@ -33,6 +33,7 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "a_file").write_text("not a directory")
     (tmp / "typo.yaml").write_text("method: npo\nlearning_rat: 1.0e-4\n")
     (tmp / "run.json").write_text('{"recipe": "unlearn"}\n')
+    (tmp / "latin1.jsonl").write_bytes('{"question": "Qui est Zo\u00e9?", "answer": "Une \u00e9crivaine."}\n'.encode("latin-1"))
 
 
 def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -66,6 +67,10 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "an unknown prompt template": (
             ["unlearn", "--config", GRADDIFF, *out, "--prompt_template", "llama"], "prompt_template='llama' is not known"
+        ),
+        "training data that is not UTF-8": (
+            ["unlearn", "--config", GRADDIFF, *out, "--dataset", str(tmp / "latin1.jsonl")],
+            "latin1.jsonl: not UTF-8 text (byte 0xe9",
         ),
         "a config file that does not exist": (["unlearn", "--config", str(tmp / "none.yaml"), *out], "none.yaml"),
         "a config file that is not YAML": (["unlearn", "--config", str(not_yaml), *out], "broken.yaml"),

@@ -154,7 +154,13 @@ def _load_file(path: Path, source: str) -> Dataset:
         )
     if suffix == ".parquet":
         return _read_parquet(path, source)
-    records = _read_csv(path, source) if suffix == ".csv" else _read_json(path, source)
+    try:
+        records = _read_csv(path, source) if suffix == ".csv" else _read_json(path, source)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{source}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); save the "
+            "file as UTF-8."
+        ) from None
     return _records_to_dataset(records, source)
 
 
