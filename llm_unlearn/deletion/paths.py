@@ -344,8 +344,13 @@ class SisaPath:
 def unlearning_path(model_args: ModelArguments, recipe: str | None) -> UnlearningPath:
     """The SISA path for a SISA directory, else the recipe's (run on the model at its revision)."""
     model = model_args.model_name_or_path
-    if is_sisa_dir(model):
-        return SisaPath(model)
-    if recipe is None:
-        raise ValueError(f"--model_name_or_path {model} is not a SISA directory, so forget needs an unlearning --recipe.")
-    return RecipePath(model_args, recipe)
+    if not is_sisa_dir(model):
+        if recipe is None:
+            raise ValueError(f"{model} is not a SISA directory, so deletion requests need an unlearning --recipe.")
+        return RecipePath(model_args, recipe)
+    if recipe is not None:
+        raise ValueError(
+            f"{model} is a SISA run: a deletion retrains its shards with the data and settings in its sisa.json, "
+            "so --recipe does not apply; leave it out."
+        )
+    return SisaPath(model)

@@ -41,7 +41,6 @@ from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.files import write_json_atomic
 from llm_unlearn.manifest import read_record, sha256_file
 from llm_unlearn.models import ModelArguments
-from llm_unlearn.sisa import is_sisa_dir, read_sisa_record
 
 # The steps of one request in the order they run, each with the steps whose output it reads: when one of those
 # runs again, so must it.
@@ -130,22 +129,14 @@ class DeletionSettings:
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"--{name} {path} does not exist.")
 
-    def for_model(self, model: str) -> DeletionSettings:
-        """These settings checked against the model to unlearn from; a SISA run's data, when none is given, is
-        the data its sisa.json records."""
-        sisa = is_sisa_dir(model)
-        if self.recipe is None and not sisa:
-            raise ValueError(f"{model} is not a SISA directory, so deletion requests need an unlearning --recipe.")
-        if sisa and self.recipe is not None:
-            raise ValueError(
-                f"{model} is a SISA run: a deletion retrains its shards with the data and settings in its "
-                "sisa.json, so --recipe does not apply; leave it out."
-            )
+    def for_path(self, path: UnlearningPath) -> DeletionSettings:
+        """These settings with the training data filled in when none is given: a SISA run's is the data its
+        sisa.json records, else the built-in data."""
         if self.dataset is not None:
             return self
-        if not sisa:
+        if not isinstance(path, SisaPath):
             return dataclasses.replace(self, dataset=DEFAULT_DATASET)
-        recorded = read_sisa_record(model)["data"]
+        recorded = path.record["data"]
         return dataclasses.replace(
             self, dataset=recorded["dataset"], dataset_config=recorded["dataset_config"],
             dataset_split=recorded["dataset_split"],
@@ -472,8 +463,8 @@ def process(
     model = model_args.model_name_or_path
     if not model:
         raise ValueError("deletion requests need the trained model: pass --model_name_or_path.")
-    settings = settings.for_model(model)
     path = unlearning_path(model_args, settings.recipe)
+    settings = settings.for_path(path)
     data = load_records(settings.dataset, config=settings.dataset_config, split=settings.dataset_split)
     if isinstance(path, SisaPath) and fingerprint(data) != path.record["data"]["fingerprint"]:
         recorded = path.record["data"]
