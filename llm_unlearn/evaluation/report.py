@@ -124,19 +124,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if number is None else f"{number:.{digits}g}"
 
 
-def _measurement(measurement: Measurement) -> str:
-    """A measurement as 'value [ci_low, ci_high] n=N', with what eval.json gives of these."""
-    text = _fmt(measurement.value)
-    if measurement.ci_low is not None and measurement.ci_high is not None:
-        text += f" [{_fmt(measurement.ci_low)}, {_fmt(measurement.ci_high)}]"
-    if measurement.n is not None:
-        text += f" n={measurement.n}"
-    return text
-
-
 def _cell(measurement: Measurement | None) -> str:
     """A table cell for a summary value or aggregate that a run may not have."""
-    return NOT_RECORDED if measurement is None else _measurement(measurement)
+    return NOT_RECORDED if measurement is None else measurement.text()
 
 
 def _summary_number(run: Run, name: str) -> float | None:
@@ -276,7 +266,7 @@ def _mia_section(runs: Sequence[Run]) -> list[Block]:
                 cells.append(NOT_RECORDED)
                 continue
             members, nonmembers = ("?" if n is None else n for n in (auc.n_members, auc.n_nonmembers))
-            cells.append(f"{_measurement(auc)} ({members} vs {nonmembers})")
+            cells.append(f"{auc.text()} ({members} vs {nonmembers})")
         rows.append([Code(score), *cells])
     blocks: list[Block] = [
         Heading(2, "Membership inference"),

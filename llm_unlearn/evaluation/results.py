@@ -59,6 +59,18 @@ class Measurement:
         """Whether there is a number: the value is neither null nor NaN."""
         return not math.isnan(self.value)
 
+    def text(self, digits: int = 3, count: str = " n={}") -> str:
+        """'value [ci_low, ci_high] n=N' with what is recorded, each number to `digits` significant digits and
+        'n/a' for one that is not finite; `count` formats N."""
+
+        def number(value: float) -> str:
+            return f"{value:.{digits}g}" if math.isfinite(value) else "n/a"
+
+        text = number(self.value)
+        if self.ci_low is not None and self.ci_high is not None:
+            text += f" [{number(self.ci_low)}, {number(self.ci_high)}]"
+        return text if self.n is None else text + count.format(self.n)
+
 
 @dataclass(frozen=True)
 class MembershipAuc(Measurement):

@@ -98,19 +98,8 @@ def card_eval_results(result: EvalResult, *, dataset: str | None = None) -> list
     return results
 
 
-def _number(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _format_measurement(measurement: Measurement) -> str:
-    if not _finite(measurement):
-        return "n/a"
-    text = _number(measurement.value)
-    if measurement.ci_low is not None and measurement.ci_high is not None:
-        text += f" [{_number(measurement.ci_low)}, {_number(measurement.ci_high)}]"
-    if measurement.n is not None:
-        text += f" (n={measurement.n})"
-    return text
+    return measurement.text(digits=4, count=" (n={})") if _finite(measurement) else "n/a"
 
 
 def _describe(name: str) -> str:
