@@ -95,17 +95,17 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "a gate on an eval.json that does not exist": (
             ["gate", str(tmp / "eval.json"), "--check", "forget_quality>=0.05"], "eval.json does not exist"
         ),
-        "a gate check that does not parse": (["gate", str(tmp / "eval.json"), "--check", "forget_quality=>1"], "=>"),
-        "a report of a directory without eval.json": (["report", str(tmp)], "eval.json"),
+        "a gate check that does not parse": (["gate", str(tmp / "eval.json"), "--check", "forget_quality=>1"], "malformed check 'forget_quality=>1'"),
+        "a report of a directory without eval.json": (["report", str(tmp)], "a report needs each run directory's eval.json"),
         "forget without a check": (
             ["forget", "--subject", "s-a", "--model_name_or_path", "embedded", "--recipe", GRADDIFF, "--suite", SUITE],
             "at least one --check",
         ),
         "sisa with no shards": (
             ["sisa", "--config", str(ROOT / "configs" / "builtin" / "sisa.yaml"), *out, "--num_shards", "0"],
-            "num_shards",
+            "num_shards and num_slices must be at least 1, got 0",
         ),
-        "an unknown method to describe": (["methods", "gd"], "gd"),
+        "an unknown method to describe": (["methods", "gd"], "unknown unlearning method 'gd'; known unlearning methods"),
     }
 
 
