@@ -9,6 +9,7 @@ packaged with llm_unlearn (`llm_unlearn.resources`), so the demo runs from any d
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,6 +184,9 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     # One method keeps the plain name "unlearned"; a comparison names each model by its method.
     unlearned = {"unlearned": methods[0]} if len(methods) == 1 else {method: method for method in methods}
     dirs = {name: out / name for name in ("target", "retain", *unlearned)}
+    # Read (and checked) once, before any training, so a bad suite fails at once.
+    eval_items = {"max_items": args.max_eval_items} if args.max_eval_items else {}
+    demo_suite = Suite.from_yaml(args.eval_suite, **data, **eval_items)
     finetune_epochs = {"num_train_epochs": args.finetune_epochs} if args.finetune_epochs else {}
     for name, train_on in (("target", "all"), ("retain", "retain")):
         data_args, training_args, model_args = load_arguments(
@@ -191,7 +195,6 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         )  # fmt: skip
         _timed(phases, f"finetune_{name}", finetune, model_args, data_args, training_args, overwrite=args.overwrite)
     unlearn_epochs = {"num_train_epochs": args.unlearn_epochs} if args.unlearn_epochs else {}
-    eval_items = {"max_items": args.max_eval_items} if args.max_eval_items else {}
     rows, seconds = {}, {}
     # The retain model is evaluated first: its per-item values are the reference for forget quality, PrivLeak
     # and the reference membership score. Of the attacks it runs the two whose result on a model that never
@@ -207,12 +210,12 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
             )  # fmt: skip
             _timed(phases, phase, unlearn, model_args, data_args, training_args, overwrite=args.overwrite)
             seconds[name] = phases[phase]
-        suite_options: dict[str, Any] = {**data, **eval_items}
+        model_suite: dict[str, Any] = {}
         if name != "retain":
-            suite_options["reference_eval"] = str(dirs["retain"] / EVAL_FILE)
+            model_suite["reference_eval"] = str(dirs["retain"] / EVAL_FILE)
         if name in attacks:
-            suite_options["attacks"] = attacks[name]
-        suite = Suite.from_yaml(args.eval_suite, **suite_options)
+            model_suite["attacks"] = attacks[name]
+        suite = dataclasses.replace(demo_suite, **model_suite)
         model_args = ModelArguments(model_name_or_path=str(dirs[name]))
         path = _timed(phases, f"eval_{name}", evaluate_model, model_args, suite, dirs[name], overwrite=True)
         rows[name] = load_eval(path).row()
