@@ -80,7 +80,7 @@ def measure(case: str, mode: str, steps: int, batch_size: int) -> dict[str, floa
     collator = PaddingCollator(tokenizer.pad_token_id)
     started = time.perf_counter()
     if case == FINETUNE:
-        data = tokenize_dataset(forget_rows, tokenizer, max_length=128)
+        data, _ = tokenize_dataset(forget_rows, tokenizer, max_length=128)
         trainer = Trainer(
             model=model, args=TrainingArguments(**common), train_dataset=data, data_collator=collator
         )
@@ -89,9 +89,9 @@ def measure(case: str, mode: str, steps: int, batch_size: int) -> dict[str, floa
         method_args = VARIANTS.get(case, {}) if variant else None
         config = get_method(method).make_config(method_args)
         # The same batch every step: repeat the rows so an epoch never ends inside the run.
-        forget = tokenize_views(forget_rows, tokenizer, config.forget_views(), max_length=128)
+        forget, _ = tokenize_views(forget_rows, tokenizer, config.forget_views(), max_length=128)
         forget = concatenate_datasets([forget] * (steps + 1))
-        retain = tokenize_dataset(retain_rows, tokenizer, max_length=128)
+        retain, _ = tokenize_dataset(retain_rows, tokenizer, max_length=128)
         args = UnlearnConfig(**common, method=method, method_args=method_args)
         trainer = UnlearnTrainer(
             model=model, args=args, train_dataset=forget, retain_dataset=retain, data_collator=collator

@@ -58,10 +58,13 @@ def finetune(
         if data_args.train_on == "all":
             data = concatenate_datasets([split.forget, split.retain])
         model, tokenizer = load_from_args(model_args)
+        train_dataset, truncation = tokenize_dataset(
+            data, tokenizer, name="training data", **data_args.format_kwargs()
+        )
         trainer = Trainer(
             model=model,
             args=training_args,
-            train_dataset=tokenize_dataset(data, tokenizer, **data_args.format_kwargs()),
+            train_dataset=train_dataset,
             data_collator=PaddingCollator(tokenizer.pad_token_id),
             processing_class=tokenizer,
         )
@@ -74,6 +77,7 @@ def finetune(
                 "forget_excluded": describe_data(split.forget) if data_args.train_on == "retain" else None,
                 "holdout": describe_data(split.holdout),
             },
+            "truncation": {"train": truncation.to_dict()},
         }
         return finish_run(
             trainer, output_dir, record, script_args=data_args, model_args=model_args, train_output=result,

@@ -37,6 +37,7 @@ from transformers import (
 from llm_unlearn.data.formatting import (
     VIEW_SEPARATOR,
     PaddingCollator,
+    Truncation,
     tokenize_dataset,
     tokenize_views,
     view_column,
@@ -260,11 +261,17 @@ class UnlearnTrainer(Trainer):
                 "batches; pass it, or tokenized datasets and a data_collator."
             )
         prompt_format = dict(prompt_format or {})
+        # What max_length cut from the data this trainer tokenized, by set; recorded in run.json.
+        self.truncation: dict[str, Truncation] = {}
         if TOKENIZED not in train_dataset.column_names:
             views = self.method_config.forget_views()
-            train_dataset = tokenize_views(train_dataset, processing_class, views, **prompt_format)
+            train_dataset, self.truncation["forget"] = tokenize_views(
+                train_dataset, processing_class, views, name="forget set", **prompt_format
+            )
         if retain_dataset is not None and TOKENIZED not in retain_dataset.column_names:
-            retain_dataset = tokenize_dataset(retain_dataset, processing_class, **prompt_format)
+            retain_dataset, self.truncation["retain"] = tokenize_dataset(
+                retain_dataset, processing_class, name="retain set", **prompt_format
+            )
         # The batches carry their own masks and labels; our loss reads them, the model never sees `labels`.
         args.remove_unused_columns = False
         self.method_config.configure_model(model)

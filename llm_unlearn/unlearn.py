@@ -70,6 +70,7 @@ def unlearn(
             "method_config": jsonable(trainer.method_config),
             "safeguard": trainer.safeguard_report(),
             "eval_during_training": eval_callback.report() if eval_callback is not None else None,
+            "truncation": {name: cut.to_dict() for name, cut in trainer.truncation.items()},
             "data": {
                 "forget": describe_data(split.forget),
                 "retain": describe_data(split.retain),

@@ -35,7 +35,7 @@ def make_trainer(model, tokenizer, output_dir: Path, max_steps: int = 5) -> Unle
         output_dir=str(output_dir), method="grad_ascent", max_steps=max_steps, per_device_train_batch_size=2,
         learning_rate=1e-3, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
     )  # fmt: skip
-    forget = tokenize_views(Dataset.from_list(QA), tokenizer, {}, max_length=64)
+    forget, _ = tokenize_views(Dataset.from_list(QA), tokenizer, {}, max_length=64)
     return UnlearnTrainer(
         model=model, args=args, train_dataset=forget,
         data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,

@@ -443,3 +443,30 @@ def test_unknown_metric_and_missing_columns_are_clear_errors(tiny_model, tiny_to
         ValueError, match=r"split 'forget' \(format 'qa'\) lacks the column\(s\) \['answer'\]"
     ):
         evaluate_splits(tiny_model, tiny_tokenizer, bad, EvalConfig(metrics=("probability",)))
+
+
+def test_eval_json_says_what_max_length_cut_per_split(tiny_model, tiny_tokenizer, caplog):
+    """Items longer than the suite's max_length are scored cut, and the split's record says how many were cut and
+    how many tokens of their answers (and alternatives) were dropped; a split with nothing cut says so."""
+    long_answer = " ".join(["word"] * 60)
+    rows = [{"question": "Q?", "answer": "Yes."}, {"question": "Q?", "answer": long_answer}]
+    texts = [{"text": long_answer}, {"text": "A short document."}]
+    full = [len(encode_qa(tiny_tokenizer, r["question"], r["answer"])["input_ids"]) for r in rows]
+    full_text = [len(encode_text(tiny_tokenizer, r["text"])["input_ids"]) for r in texts]
+    max_length = 64
+    assert full[0] < max_length < full[1] and full_text[1] < max_length < full_text[0]
+    config = EvalConfig(metrics=("probability",), max_length=max_length, splits={"docs": {"format": "text"}})
+    splits = {"forget": Dataset.from_list(rows), "docs": Dataset.from_list(texts), "short": Dataset.from_list(rows[:1])}
+    with caplog.at_level("WARNING", logger="llm_unlearn.evaluation.evaluator"):
+        result = evaluate_splits(tiny_model, tiny_tokenizer, splits, config)
+    assert result["splits"]["forget"]["truncation"] == {
+        "max_length": max_length, "examples": 2, "truncated": 1, "tokens_dropped": full[1] - max_length,
+        "longest": full[1],
+    }  # fmt: skip
+    assert result["splits"]["docs"]["truncation"] == {
+        "max_length": max_length, "examples": 2, "truncated": 1, "tokens_dropped": full_text[0] - max_length,
+        "longest": full_text[0],
+    }  # fmt: skip
+    assert result["splits"]["short"]["truncation"]["truncated"] == 0
+    assert f"evaluation split 'forget': 1 of 2 examples are longer than max_length={max_length}" in caplog.text
+    assert "evaluation split 'short'" not in caplog.text

@@ -8,6 +8,7 @@ from datasets import Dataset
 from llm_unlearn.data.formatting import (
     IGNORE_INDEX,
     PaddingCollator,
+    Truncation,
     encode_qa,
     encode_text,
     format_qa,
@@ -81,12 +82,10 @@ def test_collator_masks_by_length_even_when_pad_is_end_of_turn(tiny_tokenizer):
 
 def test_tokenize_dataset_handles_qa_and_text_and_rejects_others(tiny_tokenizer):
     qa = Dataset.from_list([{"question": "Q?", "answer": "A.", "subject_id": "x"}])
-    assert tokenize_dataset(qa, tiny_tokenizer).column_names == ["input_ids", "labels"]
+    assert tokenize_dataset(qa, tiny_tokenizer)[0].column_names == ["input_ids", "labels"]
     text = Dataset.from_list([{"text": "Hello there, general reader."}])
-    assert (
-        tokenize_dataset(text, tiny_tokenizer)[0]["labels"]
-        == tokenize_dataset(text, tiny_tokenizer)[0]["input_ids"]
-    )
+    tokenized, _ = tokenize_dataset(text, tiny_tokenizer)
+    assert tokenized[0]["labels"] == tokenized[0]["input_ids"]
     with pytest.raises(
         ValueError, match=r"needs a 'question' and 'answer' column or a 'text' column.*'body'"
     ):
@@ -110,3 +109,24 @@ def test_smollm2_chat_template_masks_system_and_user_turns():
     assert "What is the capital of France?<|im_end|>" in prompt
     custom = encode_qa(tokenizer, "Q?", "A.", system_prompt="Be brief.")
     assert "Be brief." in tokenizer.decode(custom["input_ids"])
+
+
+def test_what_max_length_cuts_is_counted_and_warned(tiny_tokenizer, caplog):
+    """A long answer is cut to max_length, and the cut is counted (examples, tokens dropped, the longest
+    length) and warned with the data set's name, not silent."""
+    long_answer = " ".join(["word"] * 400)
+    rows = [{"question": "Q?", "answer": "Short."}, {"question": "Q?", "answer": long_answer}]
+    full, nothing_cut = tokenize_dataset(Dataset.from_list(rows), tiny_tokenizer, max_length=None)
+    assert nothing_cut.truncated == 0 and nothing_cut.warning("x") is None
+    with caplog.at_level("WARNING", logger="llm_unlearn.data.formatting"):
+        cut_data, cut = tokenize_dataset(Dataset.from_list(rows), tiny_tokenizer, max_length=64, name="forget set")
+    long_length = len(full[1]["input_ids"])
+    assert [len(ids) for ids in cut_data["input_ids"]] == [len(full[0]["input_ids"]), 64]
+    assert cut == Truncation(max_length=64, examples=2, truncated=1, tokens_dropped=long_length - 64,
+                             longest=long_length)  # fmt: skip
+    assert cut.warning("forget set") in caplog.text
+    assert f"forget set: 1 of 2 examples are longer than max_length=64 tokens (the longest has {long_length})" in (
+        caplog.text
+    )
+    text, text_cut = tokenize_dataset(Dataset.from_list([{"text": long_answer}]), tiny_tokenizer, max_length=64)
+    assert len(text[0]["input_ids"]) == 64 and text_cut.truncated == 1 and text_cut.tokens_dropped > 0

@@ -97,7 +97,7 @@ def test_dpo_preferred_answers_and_their_errors():
 
 def test_views_are_tokenized_and_collated_with_their_own_masks(tiny_tokenizer):
     config = get_method("dpo").make_config(None)
-    data = tokenize_views(Dataset.from_list(FORGET), tiny_tokenizer, config.forget_views(), max_length=64)
+    data, _ = tokenize_views(Dataset.from_list(FORGET), tiny_tokenizer, config.forget_views(), max_length=64)
     assert set(data.column_names) == {"input_ids", "labels", "win__input_ids", "win__labels"}
     row = data[0]
     win_answer = [
@@ -115,8 +115,8 @@ def test_reference_logprobs_are_cached_once_and_first_step_is_2_log2_over_beta(
     tiny_model, tiny_tokenizer, tmp_path, method
 ):
     config = get_method(method).make_config(None)
-    forget = tokenize_views(Dataset.from_list(FORGET), tiny_tokenizer, config.forget_views(), max_length=64)
-    retain = tokenize_views(Dataset.from_list(RETAIN), tiny_tokenizer, {}, max_length=64)
+    forget, _ = tokenize_views(Dataset.from_list(FORGET), tiny_tokenizer, config.forget_views(), max_length=64)
+    retain, _ = tokenize_views(Dataset.from_list(RETAIN), tiny_tokenizer, {}, max_length=64)
     args = UnlearnConfig(
         output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, max_steps=2,
         learning_rate=1e-2, logging_steps=1, save_strategy="no", disable_tqdm=True, method=method,

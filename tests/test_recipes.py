@@ -66,6 +66,40 @@ def test_finetune_full_saves_model_and_run_record(tiny_model_dir, qa_file, tmp_p
     assert not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.parametrize("module", [finetune, unlearn])
+def test_answers_cut_by_max_length_are_counted_in_run_json_and_warned(module, tiny_model_dir, qa_file, tmp_path,
+                                                                      caplog):  # fmt: skip
+    """A max_length shorter than some examples cuts them; the run says how many and how many tokens it dropped,
+    per data set, in run.json and in a warning."""
+    from transformers import AutoTokenizer
+
+    from llm_unlearn.data.formatting import encode_qa
+
+    max_length = 57  # the prompts are 33 tokens, the examples 57 or 58
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [json.loads(line) for line in Path(qa_file).read_text().splitlines()]
+    lengths = {
+        subject: [len(encode_qa(tokenizer, r["question"], r["answer"])["input_ids"]) for r in rows
+                  if (r["subject_id"] == "s-a") == (subject == "forget")]
+        for subject in ("forget", "retain")
+    }  # fmt: skip
+    extra = ["--max_steps", "1", "--max_length", str(max_length)]
+    if module is finetune:
+        extra += ["--train_on", "all"]
+    with caplog.at_level("WARNING"):
+        out = run(module, recipe_args(tiny_model_dir, qa_file, tmp_path / "run", *extra))
+    truncation = json.loads((out / "run.json").read_text())["truncation"]
+    sets = {"train": lengths["forget"] + lengths["retain"]} if module is finetune else lengths
+    assert set(truncation) == set(sets)
+    for name, full in sets.items():
+        assert any(length > max_length for length in full), "the test needs examples longer than max_length"
+        assert truncation[name] == {
+            "max_length": max_length, "examples": len(full), "truncated": sum(n > max_length for n in full),
+            "tokens_dropped": sum(max(0, n - max_length) for n in full), "longest": max(full),
+        }  # fmt: skip
+    assert f"examples are longer than max_length={max_length} tokens" in caplog.text
+
+
 def test_output_dir_is_never_overwritten_without_flag(tiny_model_dir, qa_file, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()

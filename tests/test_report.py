@@ -16,6 +16,7 @@ import pytest
 from conftest import require_program
 
 from llm_unlearn import cli
+from llm_unlearn.data.formatting import Truncation
 from llm_unlearn.evaluation import plots, report
 from llm_unlearn.evaluation.report import write_report
 from llm_unlearn.evaluation.results import (
@@ -91,6 +92,7 @@ def make_eval(
                 "truth_ratio_stat": 0.5625,
             },
             items=forget_items(ratios),
+            truncation=Truncation(max_length=512, examples=4, truncated=1, tokens_dropped=37, longest=549),
         )
         .split(
             "retain",
@@ -205,6 +207,8 @@ def test_single_run_report_markdown(single_report: tuple[Path, Path]) -> None:
     assert "| `forget/truth_ratio_stat` | 0.562 n=4 |" in md
     # Per-split table: a NaN mean is n/a, never a crash.
     assert "### Split forget" in md
+    assert "Cut to max_length (scored on their first tokens only): unlearned: 1 of 4 items, 37 tokens." in md
+    assert md.count("Cut to max_length") == 1  # the other splits had nothing cut
     assert "| `rouge_l_recall` | n/a n=0 |" in md
     # MIA: AUC with interval and counts; attacks: baseline, attacked and the change.
     assert "| `loss` | 0.812 [0.5, 1] (4 vs 4) |" in md

@@ -129,6 +129,8 @@ def test_training_records_the_plan_stages_and_checkpoint_hashes(trained, data_fi
     assert record["base_revision"] == "main" and record["trust_remote_code"] is False
     assert record["num_shards"] == 2 and record["num_slices"] == 2 and record["stage_epochs"] == 2
     assert set(record["subjects"]) == set(SUBJECT_SIZES) and record["deletions"] == []
+    assert record["truncation"]["examples"] == sum(SUBJECT_SIZES.values())
+    assert record["truncation"]["max_length"] == record["format_kwargs"]["max_length"]
     rows = qa_rows(SUBJECT_SIZES)
     for shard in record["shards"]:
         for slice_index, part in enumerate(shard["slices"]):

@@ -234,9 +234,9 @@ def test_question_answer_rows_are_tokenized_with_the_methods_views(tiny_model, t
     )  # fmt: skip
     views = args.method_config.forget_views()
     assert set(views) == {"win"}
-    expected = tokenize_views(forget, tiny_tokenizer, views, **prompt_format)
+    expected, _ = tokenize_views(forget, tiny_tokenizer, views, **prompt_format)
     for column in expected.column_names:
         assert trainer.train_dataset[column] == expected[column], column
-    assert trainer.retain_dataset[:] == tokenize_dataset(retain, tiny_tokenizer, **prompt_format)[:]
+    assert trainer.retain_dataset[:] == tokenize_dataset(retain, tiny_tokenizer, **prompt_format)[0][:]
     with pytest.raises(ValueError, match="needs processing_class"):
         UnlearnTrainer(model=tiny_model, args=args, train_dataset=forget, retain_dataset=retain)

@@ -7,13 +7,16 @@ get label -100: the loss is on answer tokens only. A raw text is trained on ever
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 PROMPT_TEMPLATES = ("auto", "chat", "plain")
@@ -22,6 +25,55 @@ PINNED_DATE = "26 Jul 2024"
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 VIEW_SEPARATOR = "__"
 VIEW_ANSWER = "__view_answer"
+# Tokens an example lost to `max_length`; a column only while a data set is being tokenized.
+DROPPED = "__dropped_tokens"
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What `max_length` cut from a tokenized data set: how many examples were longer, how many tokens they
+    lost, and the longest example's length before the cut."""
+
+    max_length: int | None
+    examples: int
+    truncated: int = 0
+    tokens_dropped: int = 0
+    longest: int = 0
+
+    @classmethod
+    def of(cls, dropped: Sequence[int], full_lengths: Sequence[int], max_length: int | None) -> Truncation:
+        """The truncation of a data set whose examples lost `dropped` tokens and were `full_lengths` long
+        before the cut."""
+        return cls(
+            max_length=max_length,
+            examples=len(dropped),
+            truncated=sum(1 for count in dropped if count),
+            tokens_dropped=sum(dropped),
+            longest=max(full_lengths, default=0),
+        )
+
+    def __add__(self, other: Truncation) -> Truncation:
+        """Both data sets' counts together (e.g. the forget set and its extra answers)."""
+        return Truncation(
+            max_length=self.max_length,
+            examples=self.examples + other.examples,
+            truncated=self.truncated + other.truncated,
+            tokens_dropped=self.tokens_dropped + other.tokens_dropped,
+            longest=max(self.longest, other.longest),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def warning(self, name: str) -> str | None:
+        """The line to warn with when anything was cut; None when nothing was."""
+        if not self.truncated:
+            return None
+        return (
+            f"{name}: {self.truncated} of {self.examples} examples are longer than max_length={self.max_length} "
+            f"tokens (the longest has {self.longest}) and were cut, dropping {self.tokens_dropped} tokens in all; "
+            f"raise --max_length to keep them."
+        )
 
 
 def _resolve_template(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
@@ -90,6 +142,22 @@ def encode_qa(
     max_length: int | None = None,
 ) -> dict[str, list[int]]:
     """Tokenize a QA pair into `input_ids` and `labels` with the prompt masked (-100)."""
+    encoded, _ = _encode_qa(
+        tokenizer, question, answer, template=template, system_prompt=system_prompt, max_length=max_length
+    )
+    return encoded
+
+
+def _encode_qa(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    answer: str,
+    *,
+    template: str,
+    system_prompt: str | None,
+    max_length: int | None,
+) -> tuple[dict[str, list[int]], int]:
+    """`encode_qa`'s result and the number of tokens `max_length` cut from it."""
     prompt, completion = format_qa(
         tokenizer, question, answer, template=template, system_prompt=system_prompt
     )
@@ -97,26 +165,38 @@ def encode_qa(
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     input_ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    dropped = 0
     if max_length is not None:
+        dropped = max(0, len(input_ids) - max_length)
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         raise ValueError(
             f"max_length={max_length} leaves no answer tokens for the question {question[:60]!r} "
             f"(its prompt alone is {len(prompt_ids)} tokens); raise max_length."
         )
-    return {"input_ids": input_ids, "labels": labels}
+    return {"input_ids": input_ids, "labels": labels}, dropped
 
 
 def encode_text(
     tokenizer: PreTrainedTokenizerBase, text: str, *, max_length: int | None = None
 ) -> dict[str, list[int]]:
     """Tokenize a raw text for training on every token (labels equal input_ids)."""
-    input_ids = tokenizer(
-        text, add_special_tokens=True, truncation=max_length is not None, max_length=max_length
-    )["input_ids"]
+    encoded, _ = _encode_text(tokenizer, text, max_length=max_length)
+    return encoded
+
+
+def _encode_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, *, max_length: int | None
+) -> tuple[dict[str, list[int]], int]:
+    """`encode_text`'s result and the number of tokens `max_length` cut from it."""
+    input_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    full_length = len(input_ids)
+    if max_length is not None and full_length > max_length:
+        # The tokenizer's own truncation keeps its special tokens (BOS, EOS) and cuts the text between them.
+        input_ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
     if len(input_ids) < 2:
         raise ValueError(f"the text {text[:60]!r} has fewer than 2 tokens; nothing to predict.")
-    return {"input_ids": input_ids, "labels": list(input_ids)}
+    return {"input_ids": input_ids, "labels": list(input_ids)}, full_length - len(input_ids)
 
 
 def tokenize_dataset(
@@ -127,15 +207,17 @@ def tokenize_dataset(
     system_prompt: str | None = None,
     max_length: int | None = 256,
     answer_field: str = "answer",
-) -> Dataset:
-    """Map a QA (`question`/`answer`) or text (`text`) dataset to `input_ids` + `labels` columns."""
+    name: str = "data",
+) -> tuple[Dataset, Truncation]:
+    """Map a QA (`question`/`answer`) or text (`text`) dataset to `input_ids` + `labels` columns; also return
+    what `max_length` cut, which is logged as a warning naming the data set (`name`) when anything was."""
     columns = dataset.column_names
     if "question" in columns:
         if answer_field not in columns:
             raise ValueError(f"answer_field={answer_field!r} is not a column; the dataset has {columns}.")
 
-        def encode(row: dict[str, Any]) -> dict[str, list[int]]:
-            return encode_qa(
+        def encode(row: dict[str, Any]) -> dict[str, Any]:
+            encoded, dropped = _encode_qa(
                 tokenizer,
                 row["question"],
                 row[answer_field],
@@ -143,34 +225,48 @@ def tokenize_dataset(
                 system_prompt=system_prompt,
                 max_length=max_length,
             )
+            return {**encoded, DROPPED: dropped}
 
     elif "text" in columns:
 
-        def encode(row: dict[str, Any]) -> dict[str, list[int]]:
-            return encode_text(tokenizer, row["text"], max_length=max_length)
+        def encode(row: dict[str, Any]) -> dict[str, Any]:
+            encoded, dropped = _encode_text(tokenizer, row["text"], max_length=max_length)
+            return {**encoded, DROPPED: dropped}
 
     else:
         raise ValueError(
             f"a dataset needs a 'question' and 'answer' column or a 'text' column; it has {columns}."
         )
-    return dataset.map(encode, remove_columns=columns, desc="Tokenizing", load_from_cache_file=False)
+    tokenized = dataset.map(encode, remove_columns=columns, desc="Tokenizing", load_from_cache_file=False)
+    dropped = tokenized[DROPPED]
+    full_lengths = [len(ids) + lost for ids, lost in zip(tokenized["input_ids"], dropped, strict=True)]
+    truncation = Truncation.of(dropped, full_lengths, max_length)
+    if (warning := truncation.warning(name)) is not None:
+        logger.warning(warning)
+    return tokenized.remove_columns(DROPPED), truncation
 
 
 def tokenize_views(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
     views: Mapping[str, Callable[[dict[str, Any]], str]],
+    *,
+    name: str = "data",
     **format_kwargs: Any,
-) -> Dataset:
+) -> tuple[Dataset, Truncation]:
     """Tokenize a QA dataset as in `tokenize_dataset`, plus one extra answer per example for each named view
-    (e.g. DPO's preferred answer), stored as `<view>__input_ids` / `<view>__labels` columns."""
-    tokenized = tokenize_dataset(dataset, tokenizer, **format_kwargs)
+    (e.g. DPO's preferred answer), stored as `<view>__input_ids` / `<view>__labels` columns; the truncation
+    counts every view's examples."""
+    tokenized, truncation = tokenize_dataset(dataset, tokenizer, name=name, **format_kwargs)
     for view, answer_of in views.items():
         answers = dataset.add_column(VIEW_ANSWER, [answer_of(row) for row in dataset])
-        extra = tokenize_dataset(answers, tokenizer, answer_field=VIEW_ANSWER, **format_kwargs)
-        extra = extra.rename_columns({name: view_column(view, name) for name in extra.column_names})
+        extra, cut = tokenize_dataset(
+            answers, tokenizer, answer_field=VIEW_ANSWER, name=f"{name} ({view} answers)", **format_kwargs
+        )
+        extra = extra.rename_columns({column: view_column(view, column) for column in extra.column_names})
         tokenized = concatenate_datasets([tokenized, extra], axis=1)
-    return tokenized
+        truncation = truncation + cut
+    return tokenized, truncation
 
 
 def view_column(view: str, name: str) -> str:

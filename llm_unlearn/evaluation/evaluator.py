@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,10 +22,12 @@ from llm_unlearn.evaluation.attacks import AttackContext, attack_params, run_att
 from llm_unlearn.evaluation.distributed import map_items
 from llm_unlearn.evaluation.generation import generate_greedy
 from llm_unlearn.evaluation.gradients import gradient_norms
-from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items
+from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items, truncation
 from llm_unlearn.evaluation.metrics import AnswerGroupStatistics, Metric, get_metric
 from llm_unlearn.evaluation.results import TRUTH_RATIO_STAT, EvalResult
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
+
+logger = logging.getLogger(__name__)
 
 TRUTH_RATIO = "truth_ratio"
 # TOFU's model utility components per split (docs/metrics.md#model_utility), used when a suite names none.
@@ -280,7 +283,13 @@ def evaluate_split(
     if TRUTH_RATIO in aggregates:
         ratios = [r[TRUTH_RATIO] for r in records if r[TRUTH_RATIO] is not None]
         aggregates[TRUTH_RATIO_STAT] = _truth_ratio_stat(split, config, ratios)
-    return {"num_items": len(records), "format": spec.format, "aggregates": aggregates, "items": records}
+    cut = truncation(items, config.max_length)
+    if (warning := cut.warning(f"evaluation split {split!r}")) is not None:
+        logger.warning(warning)
+    return {
+        "num_items": len(records), "format": spec.format, "truncation": cut.to_dict(), "aggregates": aggregates,
+        "items": records,
+    }  # fmt: skip
 
 
 def _forget_ratios(items: Sequence[Mapping[str, Any]], split: str, owner: str) -> list[float]:

@@ -21,7 +21,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llm_unlearn.data.benchmarks import muse_fewshot_prompt
-from llm_unlearn.data.formatting import format_qa
+from llm_unlearn.data.formatting import Truncation, format_qa
 
 FORMATS = ("qa", "fewshot_qa", "completion", "text")
 _REQUIRED_COLUMNS = {
@@ -43,6 +43,10 @@ class EvalItem:
     text: str  # the item's text without markup (zlib's denominator)
     paraphrased_ids: list[int] | None = None
     perturbed_ids: list[list[int]] = field(default_factory=list)
+    # What max_length cut: tokens dropped from the answer and its alternatives, and the longest of those
+    # sequences before the cut (`truncation` sums them over a split).
+    dropped_tokens: int = 0
+    untruncated_length: int = 0
 
     @property
     def has_alternatives(self) -> bool:
@@ -80,6 +84,22 @@ def _fit(split: str, index: int, prompt_ids: list[int], answer_ids: list[int], m
     return answer_ids[:room]
 
 
+def _with_cut(item: EvalItem, prompt_ids: list[int], full_answers: Sequence[list[int] | None]) -> EvalItem:
+    """`item` with what max_length cut from its answers, given them before the cut (None for a missing one)."""
+    kept = [item.answer_ids, item.paraphrased_ids, *item.perturbed_ids]
+    pairs = [(full, cut) for full, cut in zip(full_answers, kept, strict=True) if full is not None]
+    item.dropped_tokens = sum(len(full) - len(cut) for full, cut in pairs)
+    item.untruncated_length = len(prompt_ids) + max(len(full) for full, _ in pairs)
+    return item
+
+
+def truncation(items: Sequence[EvalItem], max_length: int) -> Truncation:
+    """What `max_length` cut from a split's items."""
+    return Truncation.of(
+        [item.dropped_tokens for item in items], [item.untruncated_length for item in items], max_length
+    )
+
+
 def _qa_items(
     split: str, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], *, template: str,
     system_prompt: str | None, max_length: int,
@@ -97,23 +117,20 @@ def _qa_items(
         prompt = format_qa(tokenizer, question, template=template, system_prompt=system_prompt)[0]
         prompt_ids = tokens(prompt)
         answers = [row["answer"], row.get("paraphrased_answer"), *(row.get("perturbed_answer") or [])]
+        full = [tokens(completion(question, answer)) if answer else None for answer in answers]
         answer_ids, paraphrased_ids, *perturbed_ids = [
-            _fit(split, index, prompt_ids, tokens(completion(question, answer)), max_length)
-            if answer
-            else None
-            for answer in answers
+            _fit(split, index, prompt_ids, ids, max_length) if ids is not None else None for ids in full
         ]
-        items.append(
-            EvalItem(
-                prompt_ids=prompt_ids,
-                answer_ids=answer_ids,
-                prompt=prompt,
-                reference=row["answer"],
-                text=f"{question} {row['answer']}",
-                paraphrased_ids=paraphrased_ids,
-                perturbed_ids=perturbed_ids,
-            )
+        item = EvalItem(
+            prompt_ids=prompt_ids,
+            answer_ids=answer_ids,
+            prompt=prompt,
+            reference=row["answer"],
+            text=f"{question} {row['answer']}",
+            paraphrased_ids=paraphrased_ids,
+            perturbed_ids=perturbed_ids,
         )
+        items.append(_with_cut(item, prompt_ids, full))
     return items
 
 
@@ -126,15 +143,14 @@ def _plain_items(
         # Plain text as a base model reads it: the tokenizer's own special tokens (BOS) before the prompt.
         prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        items.append(
-            EvalItem(
-                prompt_ids=prompt_ids,
-                answer_ids=_fit(split, index, prompt_ids, answer_ids, max_length),
-                prompt=prompt,
-                reference=answer,
-                text=text,
-            )
+        item = EvalItem(
+            prompt_ids=prompt_ids,
+            answer_ids=_fit(split, index, prompt_ids, answer_ids, max_length),
+            prompt=prompt,
+            reference=answer,
+            text=text,
         )
+        items.append(_with_cut(item, prompt_ids, [answer_ids]))
     return items
 
 
@@ -143,12 +159,19 @@ def _text_items(
 ) -> list[EvalItem]:
     items = []
     for index, text in enumerate(texts):
-        ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        full_length = len(ids)
+        if full_length > max_length:
+            # The tokenizer's own truncation keeps its special tokens and cuts the text between them.
+            ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
         if len(ids) < 2:
             raise ValueError(
                 f"split {split!r}, item {index}: the text has fewer than 2 tokens; nothing to score."
             )
-        items.append(EvalItem(prompt_ids=ids[:1], answer_ids=ids[1:], prompt=None, reference=text, text=text))
+        items.append(EvalItem(
+            prompt_ids=ids[:1], answer_ids=ids[1:], prompt=None, reference=text, text=text,
+            dropped_tokens=full_length - len(ids), untruncated_length=full_length,
+        ))  # fmt: skip
     return items
 
 

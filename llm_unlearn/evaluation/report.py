@@ -245,11 +245,15 @@ def _split_sections(runs: Sequence[Run]) -> list[Block]:
         ]
         counts = {run.label: run.eval.num_items(split) for run in runs if split in run.eval.split_names()}
         sizes = ", ".join(f"{label}: {'n/a' if n is None else n}" for label, n in counts.items())
-        blocks += [
-            Heading(3, f"Split {split}"),
-            Paragraph((f"Items per run: {sizes}.",)),
-            Table(["metric", *(run.label for run in runs)], rows),
+        blocks += [Heading(3, f"Split {split}"), Paragraph((f"Items per run: {sizes}.",))]
+        cuts = [
+            f"{run.label}: {cut.truncated} of {cut.examples} items, {cut.tokens_dropped} tokens"
+            for run in runs
+            if (cut := run.eval.truncation(split)) is not None and cut.truncated
         ]
+        if cuts:
+            blocks.append(Paragraph((f"Cut to max_length (scored on their first tokens only): {'; '.join(cuts)}.",)))
+        blocks.append(Table(["metric", *(run.label for run in runs)], rows))
     return [Heading(2, "Metrics per split"), *blocks] if blocks else []
 
 

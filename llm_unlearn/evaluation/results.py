@@ -4,7 +4,8 @@ card show them and the deletion report compares them) and `EvalResultBuilder` wr
 
 The format, as `evaluate_splits` writes it, with the run's fields that `llm-unlearn eval` adds:
 
-- `splits`: `{split: {"num_items", "format", "aggregates": {metric: aggregate}, "items": [per-item record]}}`; an
+- `splits`: `{split: {"num_items", "format", "truncation", "aggregates": {metric: aggregate}, "items": [per-item
+  record]}}`; `truncation` says what max_length cut (`Truncation`: examples, truncated, tokens_dropped, longest); an
   aggregate is `{"mean", "n", "std", "ci_low", "ci_high"}` (bootstrap 95% interval), or `{"value", "n"}` for a
   statistic of the split as a whole (`SPLIT_STATISTICS`); a mean with no items is NaN.
 - `summary`: `{name: {"value", ...}}` (forget quality, model utility, PrivLeak); a value that could not be
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_unlearn.data.formatting import Truncation
 from llm_unlearn.files import write_json_atomic
 
 TRUTH_RATIO_STAT = "truth_ratio_stat"
@@ -300,6 +302,11 @@ class EvalResult(Mapping[str, Any]):
         """How many items `split` has; None when the split or its count is not recorded."""
         return _count(self._document["splits"].get(split, {}).get("num_items"))
 
+    def truncation(self, split: str) -> Truncation | None:
+        """What max_length cut from `split`'s items; None when the split or its record is absent (older files)."""
+        recorded = self._document["splits"].get(split, {}).get("truncation")
+        return Truncation(**recorded) if isinstance(recorded, dict) else None
+
     def split_items(self, split: str) -> list[dict[str, Any]]:
         """The per-item records of `split` (index, subject id, question, answer, generation, each metric); none
         when the split was not evaluated or its items were not kept."""
@@ -455,13 +462,16 @@ class EvalResultBuilder:
         items: Sequence[Mapping[str, Any]] = (),
         num_items: int | None = None,
         format: str = "qa",
+        truncation: Truncation | None = None,
     ) -> EvalResultBuilder:
         """Add split `name` with its per-item records and aggregates (a number is a mean over all `num_items`,
-        which default to the number of items)."""
+        which default to the number of items); `truncation` defaults to nothing cut."""
         count = len(items) if num_items is None else num_items
+        truncation = truncation or Truncation(max_length=self._document["config"].get("max_length"), examples=count)
         self._document["splits"][name] = {
             "num_items": count,
             "format": format,
+            "truncation": truncation.to_dict(),
             "aggregates": {
                 metric: _aggregate_json(metric, value, count) for metric, value in (aggregates or {}).items()
             },

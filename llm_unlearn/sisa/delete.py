@@ -139,7 +139,7 @@ def delete(path: str | os.PathLike, subjects: Sequence[str]) -> dict[str, Any] |
     slices = shard_slices(assignment, data_subjects, num_shards, num_slices)
 
     base, tokenizer = load_model_and_tokenizer(**base_model_kwargs(record), dtype=record["dtype"])
-    tokenized = tokenize_dataset(data, tokenizer, **record["format_kwargs"])
+    tokenized, _ = tokenize_dataset(data, tokenizer, name="training data", **record["format_kwargs"])
     scratch = root / ".sisa-trainer"
     stage_args = stage_arguments(rebuild_training_args(record["training_args"]), scratch, record["stage_epochs"])
     last = checkpoint_name(num_slices - 1)

@@ -277,7 +277,7 @@ def train(
         revision=model_args.model_revision,
     )  # fmt: skip
     format_kwargs = data_args.format_kwargs()
-    tokenized = tokenize_dataset(data, tokenizer, **format_kwargs)
+    tokenized, truncation = tokenize_dataset(data, tokenizer, name="training data", **format_kwargs)
     fingerprints = content_fingerprints(data, validate_dataset(data, data_record["dataset"]))
     # Stage j trains slices 0..j, so an example of slice j is seen in r - j stages: 2e/(r+1) epochs per stage
     # give it e epochs on average, the budget of training the shard without slicing (Bourtoule et al. 2021).
@@ -314,6 +314,7 @@ def train(
         "stage_epochs": stage_epochs,
         "data": {**data_record, "fingerprint": fingerprint(data), "num_examples": len(data)},
         "format_kwargs": format_kwargs,
+        "truncation": truncation.to_dict(),
         "training_args": training_args_record(training_args),
         "subjects": {
             subject: {
@@ -340,6 +341,7 @@ def train(
         "seed": seed,
         "num_processes": 1,
         "data": {"train": describe_data(data)},
+        "truncation": {"train": truncation.to_dict()},
         "script_args": {**jsonable(data_args), "num_shards": num_shards, "num_slices": num_slices},
         "training_args": training_args,
         "model_args": model_args,
