@@ -9,6 +9,7 @@ from transformers import set_seed
 
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.evaluation.callback import UnlearningEvalCallback
+from llm_unlearn.evaluation.evaluator import check_reference
 from llm_unlearn.evaluation.results import load_eval
 from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.models import ModelArguments, load_from_args
@@ -33,11 +34,14 @@ def unlearn(
     directory."""
     started = time.perf_counter()
     output_dir = training_args.output_dir
-    suite = None
+    suite, reference = None, None
     if training_args.eval_every_steps is not None:
-        # Read before the model loads, so a bad suite fails at once.
+        # Read before the model loads, so a bad suite or reference fails at once.
         suite = Suite.from_yaml(training_args.eval_config)
         splits, eval_config = suite.load()
+        if suite.reference_eval is not None:
+            reference = load_eval(suite.reference_eval)
+            check_reference(eval_config, list(splits), reference, suite.reference_eval)
     with staged_output(output_dir, overwrite) as staging:
         training_args.output_dir = str(staging)
         set_seed(training_args.seed)
@@ -60,7 +64,7 @@ def unlearn(
                 eval_every_steps=training_args.eval_every_steps,
                 best_metric=training_args.best_metric,
                 greater_is_better=training_args.greater_is_better,
-                reference=load_eval(suite.reference_eval) if suite.reference_eval is not None else None,
+                reference=reference,
             )
             trainer.add_callback(eval_callback)
         result = trainer.train()

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from llm_unlearn import cli
+from llm_unlearn.evaluation.results import EvalResultBuilder, save_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADDIFF = str(ROOT / "configs" / "builtin" / "graddiff_lora.yaml")
@@ -33,6 +34,12 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "a_file").write_text("not a directory")
     (tmp / "typo.yaml").write_text("method: npo\nlearning_rat: 1.0e-4\n")
     (tmp / "run.json").write_text('{"recipe": "unlearn"}\n')
+    no_ratios = EvalResultBuilder().split("forget", {"probability": 0.5}, items=[{"probability": 0.5}]).build()
+    save_eval(no_ratios, tmp / "no_ratios_eval.json")
+    plain = {"dataset": "builtin", "forget_subjects": ["person-0000"], "splits": ["forget"], "metrics": ["probability"]}
+    (tmp / "plain_suite.yaml").write_text(yaml.safe_dump(plain))
+    watched = {**yaml.safe_load(Path(SUITE).read_text()), "reference_eval": str(tmp / "no_ratios_eval.json")}
+    (tmp / "watch_suite.yaml").write_text(yaml.safe_dump(watched))
     (tmp / "latin1.jsonl").write_bytes('{"question": "Qui est Zo\u00e9?", "answer": "Une \u00e9crivaine."}\n'.encode("latin-1"))
 
 
@@ -58,6 +65,23 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "a reference eval that is a run.json": (
             ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval", str(tmp / "run.json")],
             "run.json is not an eval.json",
+        ),
+        "a reference eval for a suite that computes nothing against one": (
+            ["eval", "--config", str(tmp / "plain_suite.yaml"), "--model_name_or_path", "embedded", *out,
+             "--reference_eval", str(tmp / "no_ratios_eval.json")],
+            f"--reference_eval {tmp / 'no_ratios_eval.json'}: this suite computes nothing against a reference "
+            "(forget quality needs the truth_ratio metric on the 'forget' split",
+        ),
+        "a reference eval without the truth ratios forget quality compares": (
+            ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval",
+             str(tmp / "no_ratios_eval.json")],
+            f"the reference eval {tmp / 'no_ratios_eval.json'} has no per-item truth ratios on the 'forget' split, "
+            "which forget quality compares",
+        ),
+        "a reference eval without truth ratios to watch unlearning with": (
+            ["unlearn", "--config", GRADDIFF, *out, "--eval_every_steps", "1", "--eval_config",
+             str(tmp / "watch_suite.yaml")],
+            f"the reference eval {tmp / 'no_ratios_eval.json'} has no per-item truth ratios on the 'forget' split",
         ),
         "a negative learning rate": (
             ["unlearn", "--config", GRADDIFF, *out, "--learning_rate", "-0.0001"], "learning_rate must be positive"

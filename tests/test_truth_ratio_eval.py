@@ -197,6 +197,8 @@ def test_eval_recipe_reads_reference_eval(tiny_model, tiny_tokenizer, tmp_path, 
         "person-0000",
         "--splits",
         "forget",
+        "--metrics",
+        "truth_ratio",
     ]
     parsed = evaluate.make_parser().parse_args_and_config(
         [*args, "--output_dir", str(tmp_path / "out"), "--reference_eval", str(reference_path)]

@@ -296,10 +296,28 @@ def _forget_ratios(items: Sequence[Mapping[str, Any]], split: str, owner: str) -
     """The per-item truth ratios of the items of `split`, or ValueError saying what is missing."""
     if not items or any(TRUTH_RATIO not in item for item in items):
         raise ValueError(
-            f"the {owner} has no per-item truth ratios on the {split!r} split; evaluate it with the "
-            f"truth_ratio metric on that split."
+            f"the {owner} has no per-item truth ratios on the {split!r} split, which forget quality compares; "
+            f"evaluate it with the truth_ratio metric on that split."
         )
     return [item[TRUTH_RATIO] for item in items if item[TRUTH_RATIO] is not None]
+
+
+def check_reference(config: EvalConfig, splits: Sequence[str], reference: EvalResult, source: str) -> None:
+    """Raise ValueError, before any model runs, when the reference eval `reference` (read from `source`) cannot
+    serve a suite of `config` over `splits`: the suite computes nothing against a reference, or it takes forget
+    quality and the reference has no per-item truth ratios on the forget split."""
+    forget = config.forget_split
+    takes_forget_quality = forget in splits and TRUTH_RATIO in config.split_metrics(forget)
+    scores = config.mia["scores"] if config.mia is not None else ()
+    takes_mia_reference = membership.REFERENCE_SCORE in scores or config.privleak_score in scores
+    if not (takes_forget_quality or takes_mia_reference):
+        raise ValueError(
+            f"--reference_eval {source}: this suite computes nothing against a reference (forget quality needs the "
+            f"truth_ratio metric on the {forget!r} split; PrivLeak needs the {config.privleak_score!r} membership "
+            f"score and {membership.REFERENCE_SCORE} a 'mia' section); drop --reference_eval, or add them."
+        )
+    if takes_forget_quality:
+        _forget_ratios(reference.split_items(forget), forget, f"reference eval {source}")
 
 
 def _forget_quality(

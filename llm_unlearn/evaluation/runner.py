@@ -13,7 +13,7 @@ from typing import Any
 from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_unlearn.evaluation.evaluator import evaluate_splits
+from llm_unlearn.evaluation.evaluator import check_reference, evaluate_splits
 from llm_unlearn.evaluation.report import check_report_output, write_report
 from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
 from llm_unlearn.evaluation.suite import Suite
@@ -68,6 +68,8 @@ def evaluate_model(
         reference = load_eval(reference_eval)
     started = time.perf_counter()
     datasets, config = suite.load()
+    if reference is not None:
+        check_reference(config, list(datasets), reference, reference_eval)
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         dtype=model_args.dtype or "float32",
