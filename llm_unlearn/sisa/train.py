@@ -90,9 +90,9 @@ SISA_ARGUMENTS = (SisaArguments, TrainingArguments, ModelArguments)
 
 
 def check_single_process() -> None:
-    """Raise RuntimeError under several processes: the shards train one after another in one process."""
+    """Raise ValueError under several processes: the shards train one after another in one process."""
     if PartialState().num_processes > 1:
-        raise RuntimeError(
+        raise ValueError(
             "sisa trains its shards one after another in a single process; run it without torchrun or a "
             "multi-process accelerate config."
         )
