@@ -24,7 +24,14 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from llm_unlearn.deletion.pipeline import DeletionSettings, RequestSpec, process, read_requests_file
+from llm_unlearn.deletion.pipeline import (
+    BATCH_FORMAT,
+    DeletionSettings,
+    RequestSpec,
+    check_request_id,
+    process,
+    read_requests_file,
+)
 from llm_unlearn.models import ModelArguments
 
 
@@ -51,13 +58,21 @@ class ForgetArguments(DeletionSettings):
             raise ValueError("give the subjects of one request (--subject ID ...) or a --requests_file, not both.")
         if self.requests_file and self.request_id:
             raise ValueError("--request_id names the request of --subject; in a --requests_file give it per line.")
+        if self.request_id is not None:
+            check_request_id(self.request_id, "--request_id")
+        if self.requests_file is not None and Path(self.requests_file).is_dir():
+            raise IsADirectoryError(
+                f"--requests_file {self.requests_file} is a directory; give a JSON-lines file: {BATCH_FORMAT}."
+            )
         if self.requests_file is not None and not Path(self.requests_file).is_file():
-            raise FileNotFoundError(f"--requests_file {self.requests_file} does not exist.")
+            raise FileNotFoundError(
+                f"--requests_file {self.requests_file} does not exist; give a JSON-lines file: {BATCH_FORMAT}."
+            )
 
     def request_specs(self) -> list[RequestSpec]:
         """The requests to process: the one of --subject, or each line of the batch file."""
         if self.subjects:
-            return [RequestSpec([str(subject) for subject in self.subjects], self.request_id)]
+            return [RequestSpec([str(subject) for subject in self.subjects], self.request_id, origin="--subject")]
         return read_requests_file(self.requests_file)
 
 
@@ -66,10 +81,14 @@ def main(args: ForgetArguments, model_args: ModelArguments) -> int:
     outcomes = process(args.request_specs(), args, model_args)
     for outcome in outcomes:
         if outcome.error is not None:
-            print(f"forget: request for {outcome.spec.subjects} failed: {outcome.error}", file=sys.stderr)
+            print(
+                f"forget: request {outcome.request_id} (subjects {', '.join(outcome.spec.subjects)}) failed: "
+                f"{outcome.error}",
+                file=sys.stderr,
+            )
     print("\nrequest                subjects  status")
     for outcome in outcomes:
-        print(f"{outcome.request_id or '-':<22} {','.join(outcome.spec.subjects)}  {outcome.status}")
+        print(f"{outcome.request_id:<22} {','.join(outcome.spec.subjects)}  {outcome.status}")
     print(f"ledger: {args.ledger_path()}")
     return 0 if all(outcome.status == "verified" for outcome in outcomes) else 1
 

@@ -5,6 +5,10 @@ A request moves `received -> running -> verified | failed`; a failed (or killed,
 run again. Each step of a request records its output path and a hash of that output, so a rerun skips the
 steps whose output is still there unchanged. Every write is one transaction and the file is in WAL mode: a
 process killed mid-write loses only the write it was making, never one already committed.
+
+A ledger that cannot be created, opened, read or written (a directory that is missing or not writable, a file
+that is not SQLite or not a ledger, a newer schema, another process holding the lock) raises `LedgerFileError`,
+which names the file, what is wrong and what is accepted, with SQLite's error as its cause.
 """
 
 from __future__ import annotations
@@ -71,6 +75,88 @@ CREATE TABLE IF NOT EXISTS steps (
 class LedgerError(ValueError):
     """A ledger operation that cannot be done: unknown subject or request, a transition not allowed, a ledger
     written by another schema version."""
+
+
+class LedgerFileError(LedgerError):
+    """The ledger file cannot be created, opened, read or written: the message names the file, what is wrong
+    with it and what is accepted; the SQLite or OS error is the cause."""
+
+
+# What a ledger path may be, said by every LedgerFileError.
+LEDGER_ACCEPTED = (
+    "give --ledger PATH a file in a writable directory (a new ledger is created there, with any missing "
+    "directories) or the ledger file of an earlier `llm-unlearn forget`"
+)
+
+
+def _writable_location_problem(path: Path) -> str | None:
+    """Why a ledger at `path` could not be created or written, judged from the file system without touching
+    it; None when nothing is seen to be wrong."""
+    if path.is_dir():
+        return f"is a directory, not a file (a ledger in it would be {path / LEDGER_FILE})"
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            return "cannot be opened for reading and writing: the file is not readable and writable by this user"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return (
+                f"cannot be written: its directory {path.parent} is not writable, and SQLite writes its journal "
+                f"({path.name}-wal) there"
+            )
+        return None
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path.parent:
+            return f"cannot be created: its directory {existing} is not writable"
+        return f"cannot be created: its directory {path.parent} does not exist and {existing} is not writable"
+    return None
+
+
+def ledger_file_error(path: str | os.PathLike, error: BaseException, timeout_s: float) -> LedgerFileError:
+    """The LedgerFileError for a SQLite or OS `error` met while opening, reading or writing the ledger at
+    `path`: what is wrong, in words, and what is accepted (the caller raises it from `error`)."""
+    path = Path(path)
+    code = getattr(error, "sqlite_errorname", "") or ""
+    text = str(error)
+    lowered = text.lower()
+    kind = type(error).__name__ if isinstance(error, OSError) else f"sqlite3.{type(error).__name__}"
+    cause = f"{kind}: {text}"
+    if code == "SQLITE_NOTADB" or "not a database" in lowered or "file is encrypted" in lowered:
+        problem = "is not an SQLite database"
+    elif code == "SQLITE_CORRUPT" or "malformed" in lowered:
+        problem = "is damaged: SQLite cannot read it"
+    elif code in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in lowered:
+        return LedgerFileError(
+            f"ledger {path} is locked: another process has held its write lock for over {timeout_s:g} s "
+            f"({cause}); wait until that process (e.g. another `llm-unlearn forget` on this ledger) finishes, "
+            "or give --ledger PATH another ledger file."
+        )
+    elif code == "SQLITE_FULL" or "disk is full" in lowered:
+        problem = "cannot be written: the disk is full"
+    elif code == "SQLITE_READONLY" or "readonly" in lowered:
+        problem = "cannot be written: it, its directory or its file system is read-only"
+    else:
+        problem = _writable_location_problem(path) or (
+            "cannot be opened" if code == "SQLITE_CANTOPEN" or "unable to open" in lowered else
+            "cannot be read or written"
+        )  # fmt: skip
+    return LedgerFileError(f"ledger {path} {problem} ({cause}); {LEDGER_ACCEPTED}.")
+
+
+def check_ledger(path: str | os.PathLike) -> None:
+    """Raise LedgerFileError when `path` cannot serve as the ledger, creating nothing: an existing file is opened
+    as the ledger and closed again (which leaves its content as it was); for a new one, the directories it needs
+    must be creatable and writable. Cheap, so callers check before any expensive work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        Ledger(path).close()
+        return
+    problem = _writable_location_problem(path)
+    if problem is not None:
+        raise LedgerFileError(f"ledger {path} {problem}; {LEDGER_ACCEPTED}.")
 
 
 @dataclass(frozen=True)
@@ -144,14 +230,43 @@ def _subject_sample(subjects: Sequence[str]) -> str:
 class Ledger:
     """The lineage and request ledger in one SQLite file (created with its schema on first open)."""
 
+    # Seconds to wait for another process's write lock before giving up with a LedgerFileError.
+    lock_timeout_s = 30.0
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are opened explicitly (`_transaction`), so none is left open by accident.
-        self._connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        problem = _writable_location_problem(self.path)
+        if problem is not None:
+            raise LedgerFileError(f"ledger {self.path} {problem}; {LEDGER_ACCEPTED}.")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: transactions are opened explicitly (`_transaction`), so none is left open by
+            # accident.
+            self._connection = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise ledger_file_error(self.path, error, self.lock_timeout_s) from error
+        try:
+            self._open()
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def _open(self) -> None:
+        """Check that the file is an llm_unlearn ledger of this schema version (or a new, empty database) before
+        changing anything in it, then create the schema."""
         self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA foreign_keys=ON")
+        with self._sqlite_errors():
+            tables = {row["name"] for row in self._query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "schema_version" not in tables:
+                shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+                raise LedgerFileError(
+                    f"ledger {self.path} is an SQLite database but not an llm_unlearn ledger (it has the tables "
+                    f"{shown} and no schema_version); {LEDGER_ACCEPTED}."
+                )
+            if tables:
+                self._check_version([row["version"] for row in self._query("SELECT version FROM schema_version")])
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA foreign_keys=ON")
         with self._transaction() as db:
             # executescript would commit first; statement by statement they stay in this transaction.
             for statement in _SCHEMA.split(";"):
@@ -160,11 +275,26 @@ class Ledger:
             versions = [row["version"] for row in db.execute("SELECT version FROM schema_version")]
             if not versions:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif versions != [SCHEMA_VERSION]:
-                raise LedgerError(
-                    f"{self.path}: ledger schema version {versions}, but this llm_unlearn reads version "
-                    f"{SCHEMA_VERSION}; use the llm_unlearn version that wrote it, or give a new --ledger path."
-                )
+            else:
+                self._check_version(versions)
+
+    def _check_version(self, versions: list[int]) -> None:
+        if versions in ([], [SCHEMA_VERSION]):
+            return
+        newer = all(isinstance(v, int) for v in versions) and max(versions) > SCHEMA_VERSION
+        raise LedgerFileError(
+            f"ledger {self.path} has schema version {versions}, but this llm_unlearn reads version "
+            f"{SCHEMA_VERSION}" + (" (a newer llm_unlearn wrote it)" if newer else "")
+            + "; open it with the llm_unlearn version that wrote it, or give --ledger PATH a new ledger file."
+        )
+
+    @contextlib.contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """Raise a SQLite or OS error in the block as the LedgerFileError that says what it means."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as error:
+            raise ledger_file_error(self.path, error, self.lock_timeout_s) from error
 
     def close(self) -> None:
         """Close the database connection."""
@@ -179,16 +309,28 @@ class Ledger:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # IMMEDIATE takes the write lock at once, so two processes on one ledger queue instead of failing late.
-        self._connection.execute("BEGIN IMMEDIATE")
+        with self._sqlite_errors():
+            self._connection.execute("BEGIN IMMEDIATE")
         try:
             yield self._connection
-        except BaseException:
-            self._connection.execute("ROLLBACK")
+            with self._sqlite_errors():
+                self._connection.execute("COMMIT")
+        except BaseException as error:
+            # SQLite may have rolled back already (a full disk does): then there is nothing left to roll back.
+            if self._connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._connection.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error | OSError):
+                raise ledger_file_error(self.path, error, self.lock_timeout_s) from error
             raise
-        self._connection.execute("COMMIT")
 
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._connection.execute(sql, parameters).fetchall()
+        with self._sqlite_errors():
+            return self._connection.execute(sql, parameters).fetchall()
+
+    def _one(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self._query(sql, parameters)
+        return rows[0] if rows else None
 
     # Lineage
 
@@ -343,9 +485,7 @@ class Ledger:
 
     def request(self, request_id: str) -> Request:
         """The request with this id; an unknown id is an error that names some known ones."""
-        row = self._connection.execute(
-            "SELECT * FROM requests WHERE request_id = ?", (request_id,)
-        ).fetchone()
+        row = self._one("SELECT * FROM requests WHERE request_id = ?", (request_id,))
         if row is None:
             known = [
                 r["request_id"] for r in self._query("SELECT request_id FROM requests ORDER BY created_at")
@@ -353,6 +493,11 @@ class Ledger:
             having = f"{len(known)} request(s), e.g. {_subject_sample(known)}" if known else "no requests"
             raise LedgerError(f"unknown request id {request_id!r}; {self.path} holds {having}.")
         return _request(row)
+
+    def find_request(self, request_id: str) -> Request | None:
+        """The request with this id, or None when the ledger has none."""
+        row = self._one("SELECT * FROM requests WHERE request_id = ?", (request_id,))
+        return None if row is None else _request(row)
 
     def requests(self) -> list[Request]:
         """Every request, oldest first."""
@@ -387,9 +532,7 @@ class Ledger:
 
     def step(self, request_id: str, step: str) -> StepRecord | None:
         """The record of one step of a request (its latest run), or None if it never started."""
-        row = self._connection.execute(
-            "SELECT * FROM steps WHERE request_id = ? AND step = ?", (request_id, step)
-        ).fetchone()
+        row = self._one("SELECT * FROM steps WHERE request_id = ? AND step = ?", (request_id, step))
         return None if row is None else _step(row)
 
     def steps(self, request_id: str) -> list[StepRecord]:

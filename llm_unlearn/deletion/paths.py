@@ -54,6 +54,10 @@ class UnlearningPath(Protocol):
     def check_subjects(self, subjects: Sequence[str]) -> None:
         """Raise LedgerError when the subjects cannot be removed this way."""
 
+    def check_settings(self, subjects: Sequence[str], data: Mapping[str, Any], output_dir: str) -> None:
+        """Raise ValueError when `unlearn` would refuse its settings for these subjects (before any model
+        loads)."""
+
     def data_after(self, data: Dataset, subjects: Sequence[str]) -> Dataset:
         """The training data the unlearned model holds, out of `data` (the lineage data)."""
 
@@ -123,6 +127,24 @@ class RecipePath:
     def check_subjects(self, subjects: Sequence[str]) -> None:
         """Any subject of the training data can be unlearned."""
 
+    def _arguments(self, subjects: Sequence[str], data: Mapping[str, Any], output: str) -> tuple:
+        return load_arguments(
+            UNLEARN_ARGUMENTS, self.recipe, model_name_or_path=self.model, forget_subjects=list(subjects),
+            model_revision=self.model_args.model_revision, trust_remote_code=self.model_args.trust_remote_code,
+            output_dir=output, **data,
+        )  # fmt: skip
+
+    def check_settings(self, subjects: Sequence[str], data: Mapping[str, Any], output_dir: str) -> None:
+        """Parse the recipe as `unlearn` will (a typo or a bad method argument fails now), and refuse a recipe
+        that holds one of the subjects out of training."""
+        data_args, _, _ = self._arguments(subjects, data, output_dir)
+        held_out = sorted(set(subjects) & {str(s) for s in data_args.holdout_subjects or ()})
+        if held_out:
+            raise ValueError(
+                f"--recipe {self.recipe} holds subject(s) {held_out} out (holdout_subjects), so it cannot unlearn "
+                "them; remove them from its holdout_subjects, or give another --recipe."
+            )
+
     def data_after(self, data: Dataset, subjects: Sequence[str]) -> Dataset:
         """All of it: approximate unlearning does not prove that the subjects' examples are gone."""
         return data
@@ -131,11 +153,7 @@ class RecipePath:
         self, output: Path, replace: bool, subjects: Sequence[str], data: Mapping[str, Any]
     ) -> dict:
         """Run the recipe with the subjects as the forget set (the recipe writes its output atomically)."""
-        data_args, training_args, model_args = load_arguments(
-            UNLEARN_ARGUMENTS, self.recipe, model_name_or_path=self.model, forget_subjects=list(subjects),
-            model_revision=self.model_args.model_revision, trust_remote_code=self.model_args.trust_remote_code,
-            output_dir=str(output), **data,
-        )  # fmt: skip
+        data_args, training_args, model_args = self._arguments(subjects, data, str(output))
         unlearn(model_args, data_args, training_args, overwrite=replace)
         run = _read_json(output / "run.json")
         return {
@@ -224,6 +242,9 @@ class SisaPath:
         if not removed:
             return data
         return data.select([row for row, subject in enumerate(data[SUBJECT_FIELD]) if subject not in removed])
+
+    def check_settings(self, subjects: Sequence[str], data: Mapping[str, Any], output_dir: str) -> None:
+        """Nothing to check: the deletion retrains with the settings its sisa.json records."""
 
     def check_subjects(self, subjects: Sequence[str]) -> None:
         """Refuse subjects deleted from this run before, naming the deletion."""

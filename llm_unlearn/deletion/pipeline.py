@@ -6,14 +6,21 @@ the outcome in the ledger.
 Idempotent and resumable: each step's output appears atomically and the ledger records its hash, so processing
 the same request again skips every step whose output is still there unchanged and finishes what a killed run
 left. `process` is the entry point; `llm-unlearn forget` parses its arguments and prints the outcomes.
+
+Bad input is refused before anything is recorded and before any model loads, each with a message that names
+what is wrong and what is accepted: a ledger or output directory that cannot be used, a subject the training
+data does not hold, a request id used twice or reused with other subjects or settings, a recipe, suite or
+reference eval that does not parse.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +31,17 @@ from typing import Any
 from datasets import Dataset
 
 from llm_unlearn.data.loading import fingerprint, load_records
-from llm_unlearn.data.schema import DataError
-from llm_unlearn.deletion.ledger import LEDGER_FILE, Ledger, LedgerError, Request, utc_now
+from llm_unlearn.data.schema import SUBJECT_FIELD, DataError
+from llm_unlearn.deletion.ledger import (
+    LEDGER_FILE,
+    Ledger,
+    LedgerError,
+    LedgerFileError,
+    Request,
+    check_ledger,
+    request_id_for,
+    utc_now,
+)
 from llm_unlearn.deletion.paths import SisaPath, UnlearningPath, unlearning_path
 from llm_unlearn.deletion.report import (
     REPORT_JSON,
@@ -38,7 +54,7 @@ from llm_unlearn.evaluation.gate import parse_check, run_gate
 from llm_unlearn.evaluation.results import load_eval, utility_change
 from llm_unlearn.evaluation.runner import evaluate_model
 from llm_unlearn.evaluation.suite import Suite
-from llm_unlearn.files import write_json_atomic
+from llm_unlearn.files import check_writable_dir, write_json_atomic
 from llm_unlearn.manifest import read_record, sha256_file
 from llm_unlearn.models import ModelArguments
 
@@ -56,19 +72,67 @@ BATCH_KEYS = ("request_id", "subjects")
 # The request settings the target model's eval depends on.
 TARGET_EVAL_SETTINGS = ("model", "data", "suite", "reference_eval", "max_eval_items")
 DEFAULT_DATASET = "builtin"
+# A request id names the request's directory in the output directory, beside these.
+RESERVED_IDS = ("target_evals", LEDGER_FILE)
+MAX_ID_LENGTH = 128
+BATCH_FORMAT = 'each line is a JSON object {"subjects": ["id", ...]} with an optional "request_id"'
+
+
+class RequestError(ValueError):
+    """A deletion request that cannot be carried out as given (a subject the data does not hold, a request id
+    used twice or reused with other subjects or settings): refused before anything is recorded."""
 
 
 @dataclass
 class RequestSpec:
-    """One deletion request to process: its subjects, and its id when the caller names it."""
+    """One deletion request to process: its subjects, its id when the caller names it, and where it was given
+    (`--subject`, a line of a batch file) for messages."""
 
     subjects: list[str]
     request_id: str | None = None
+    origin: str | None = None
+
+    def describe(self) -> str:
+        """The request as a message names it: its id when named, and where it was given."""
+        if self.request_id is None:
+            return f"the request ({self.origin})" if self.origin else f"the request for subjects {self.subjects}"
+        return f"request {self.request_id}" + (f" ({self.origin})" if self.origin else "")
+
+    def new_id_hint(self) -> str:
+        """How to give this request another id."""
+        if self.origin == "--subject":
+            where = "another --request_id"
+        elif self.origin and " line " in self.origin:
+            where = 'that line another "request_id"'
+        else:
+            where = "it another request id"
+        return f"give {where}, or none (an id is then derived from the subjects and settings)"
+
+
+def check_request_id(request_id: Any, where: str) -> str:
+    """`request_id` when it can name a request (and its directory under the output directory), else a
+    ValueError that says what is accepted."""
+    accepted = (
+        f"a request id names the request's directory under --output_dir, so it is a string of 1 to "
+        f"{MAX_ID_LENGTH} characters without '/', '\\' or control characters, not starting with '.', and not "
+        f"{' or '.join(repr(name) for name in RESERVED_IDS)}"
+    )
+    if not isinstance(request_id, str):
+        raise ValueError(f"{where}: request id {request_id!r} is a {type(request_id).__name__}; {accepted}.")
+    if (
+        not request_id.strip()
+        or len(request_id) > MAX_ID_LENGTH
+        or request_id.startswith(".")
+        or re.search(r"[/\\\x00-\x1f\x7f]", request_id)
+        or request_id in RESERVED_IDS
+    ):
+        raise ValueError(f"{where}: request id {request_id!r} is not accepted; {accepted}.")
+    return request_id
 
 
 @dataclass
 class Outcome:
-    """How one request ended: its id (None when it failed before the ledger opened it), status and error."""
+    """How one request ended: its id, status and error."""
 
     spec: RequestSpec
     request_id: str | None
@@ -126,8 +190,17 @@ class DeletionSettings:
             parse_check(check)
         for name in ("recipe", "suite", "reference_eval"):
             path = getattr(self, name)
+            if path is not None and Path(path).is_dir():
+                raise IsADirectoryError(f"--{name} {path} is a directory; give a file.")
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"--{name} {path} does not exist.")
+        if self.max_eval_items is not None and self.max_eval_items < 1:
+            raise ValueError(
+                f"--max_eval_items must be at least 1, got {self.max_eval_items}; leave it out to evaluate every "
+                "item."
+            )
+        if self.target_days is not None and not self.target_days > 0:
+            raise ValueError(f"--target_days must be a positive number of days, got {self.target_days}.")
 
     def for_path(self, path: UnlearningPath) -> DeletionSettings:
         """These settings with the training data filled in when none is given: a SISA run's is the data its
@@ -158,28 +231,178 @@ class DeletionSettings:
 
 def read_requests_file(path: str | os.PathLike) -> list[RequestSpec]:
     """Read a batch file: one JSON object per line with `subjects` (a list of ids) and optionally `request_id`."""
+    path = Path(path)
+    accepted = BATCH_FORMAT
+    if path.is_dir():
+        raise IsADirectoryError(f"requests file {path} is a directory; give a JSON-lines file: {accepted}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"requests file {path} does not exist; give a JSON-lines file: {accepted}.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {error.object[error.start]:#x} at offset {error.start}); save it as "
+            f"UTF-8: {accepted}."
+        ) from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, list) or (isinstance(whole, dict) and len(lines) > 1):
+        kind = "array" if isinstance(whole, list) else "object"
+        raise ValueError(
+            f"{path} holds one JSON {kind} spread over the file, but a requests file is JSON lines: {accepted}, "
+            "one request per line."
+        )
     specs = []
-    accepted = 'each line is a JSON object {"subjects": ["id", ...]} with an optional "request_id"'
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in lines:
+        where = f"{path} line {number}"
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number}: not valid JSON ({error}); {accepted}.") from None
-        if not isinstance(entry, dict) or set(entry) - set(BATCH_KEYS):
-            raise ValueError(f"{path} line {number}: {line.strip()!r} is not accepted; {accepted}.")
-        subjects = entry.get("subjects")
+            raise ValueError(f"{where}: not valid JSON ({error}); {accepted}.") from None
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: {line.strip()!r} is a JSON {type(entry).__name__}; {accepted}.")
+        unknown = sorted(set(entry) - set(BATCH_KEYS))
+        if unknown:
+            guesses = {key: difflib.get_close_matches(key, BATCH_KEYS, n=1) for key in unknown}
+            shown = ", ".join(
+                repr(key) + (f" (did you mean {guesses[key][0]!r}?)" if guesses[key] else "") for key in unknown
+            )
+            raise ValueError(f"{where}: unknown key(s) {shown}; {accepted}.")
+        if "subjects" not in entry:
+            raise ValueError(f"{where}: no 'subjects'; {accepted}.")
+        subjects = entry["subjects"]
         if (
             not isinstance(subjects, list)
             or not subjects
-            or not all(isinstance(s, str | int) for s in subjects)
+            or not all(isinstance(s, str | int) and not isinstance(s, bool) for s in subjects)
         ):
-            raise ValueError(f"{path} line {number}: 'subjects' must be a non-empty list of ids; {accepted}.")
-        specs.append(RequestSpec([str(subject) for subject in subjects], entry.get("request_id")))
+            raise ValueError(
+                f"{where}: 'subjects' must be a non-empty list of ids (strings), got {subjects!r}; {accepted}."
+            )
+        request_id = entry.get("request_id")
+        if request_id is not None:
+            check_request_id(request_id, where)
+        specs.append(RequestSpec([str(subject) for subject in subjects], request_id, origin=where))
     if not specs:
         raise ValueError(f"{path} holds no requests; {accepted}.")
     return specs
+
+
+def _closest(subject: str, known: Sequence[str]) -> str:
+    matches = difflib.get_close_matches(subject, known, n=3, cutoff=0.6)
+    return f"{subject!r} (closest: {', '.join(matches)})" if matches else f"{subject!r} (no close match)"
+
+
+def _sample(values: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
+
+
+def check_subjects(
+    requests: Sequence[RequestSpec], data: Dataset, settings: DeletionSettings, path: UnlearningPath
+) -> None:
+    """Refuse a request whose subjects the training data does not hold (naming the closest it does), or that
+    this way of unlearning cannot remove (a subject deleted from a SISA run before)."""
+    source = settings.data_source()
+    again = (
+        "give subject ids of its subject_id field, or --dataset (with --dataset_config and --dataset_split) the "
+        "data the model was trained on; nothing was recorded in the ledger"
+    )
+    if SUBJECT_FIELD not in data.column_names:
+        raise RequestError(
+            f"the training data {source} has no {SUBJECT_FIELD!r} field, so a deletion request cannot name whose "
+            "examples to remove; give --dataset (with --dataset_config and --dataset_split) the data the model "
+            f"was trained on, with a {SUBJECT_FIELD!r} per example; nothing was recorded in the ledger."
+        )
+    known = sorted({str(subject) for subject in data[SUBJECT_FIELD] if subject is not None})
+    known_set = set(known)
+    holds = f"{len(known)} subject(s): {_sample(known)}" if known else "no subject ids"
+    for spec in requests:
+        unknown = [subject for subject in dict.fromkeys(map(str, spec.subjects)) if subject not in known_set]
+        if unknown:
+            raise RequestError(
+                f"{spec.describe()}: unknown subject id(s) {'; '.join(_closest(s, known) for s in unknown)}. "
+                f"The training data {source} holds {holds}; {again}."
+            )
+        try:
+            path.check_subjects(spec.subjects)
+        except LedgerError as error:
+            raise RequestError(f"{spec.describe()}: {error} Nothing was recorded in the ledger.") from error
+
+
+def check_inputs(settings: DeletionSettings, path: UnlearningPath, requests: Sequence[RequestSpec]) -> None:
+    """Read the recipe, the suite and the reference eval as the steps will, so that a bad one fails now
+    rather than after a model has been trained."""
+    subjects = list(requests[0].subjects)
+    Suite.from_yaml(
+        settings.suite, **settings.data_options(), forget_subjects=subjects,
+        reference_eval=settings.reference_eval,
+        **({"max_items": settings.max_eval_items} if settings.max_eval_items else {}),
+    )  # fmt: skip
+    if settings.reference_eval:
+        load_eval(settings.reference_eval)
+    for spec in requests:
+        path.check_settings(spec.subjects, settings.data_options(), settings.output_dir)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32,}", value):
+        return f"sha256 {value[:12]}..."
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_shown(item)}" for key, item in value.items()) + "}"
+    return repr(value)
+
+
+def request_ids(requests: Sequence[RequestSpec], identity: dict[str, Any]) -> list[str]:
+    """Each request's id (named, or derived from its subjects and the settings); a request given twice is an
+    error."""
+    key = json.dumps(identity, sort_keys=True)
+    ids = [spec.request_id or request_id_for(spec.subjects, key) for spec in requests]
+    first: dict[str, RequestSpec] = {}
+    for spec, request_id in zip(requests, ids, strict=True):
+        earlier = first.setdefault(request_id, spec)
+        if earlier is spec:
+            continue
+        subjects = sorted(set(spec.subjects))
+        if sorted(set(earlier.subjects)) == subjects:
+            raise RequestError(
+                f"{spec.describe()} repeats {earlier.describe()}: the same subjects {subjects} and settings, so "
+                f"the same request {request_id}; remove one of them."
+            )
+        raise RequestError(
+            f"{spec.describe()}: {earlier.describe()} has this id too, for subjects "
+            f"{sorted(set(earlier.subjects))}; each request needs its own id: {spec.new_id_hint()}."
+        )
+    return ids
+
+
+def check_reopened(ledger: Ledger, spec: RequestSpec, request_id: str, identity: dict[str, Any]) -> None:
+    """Refuse a request whose id the ledger holds with other subjects or settings, saying what differs."""
+    existing = ledger.find_request(request_id)
+    if existing is None:
+        return
+    subjects = sorted({str(subject) for subject in spec.subjects})
+    named = f"{spec.describe()}: request {request_id} in ledger {ledger.path}"
+    if spec.request_id is not None:
+        named = f"{spec.describe()}: it is in ledger {ledger.path}"
+    if existing.subjects != subjects:
+        raise RequestError(
+            f"{named} for subjects {existing.subjects}, not {subjects}; a request id names one request: "
+            f"{spec.new_id_hint()}."
+        )
+    settings = json.loads(json.dumps(identity, sort_keys=True))
+    if existing.settings != settings:
+        changes = "; ".join(
+            f"{key} {_shown(existing.settings.get(key))} then, {_shown(settings.get(key))} now"
+            for key in sorted(set(existing.settings) | set(settings))
+            if existing.settings.get(key) != settings.get(key)
+        )
+        raise RequestError(
+            f"{named} ({existing.status}), opened with other settings: {changes}. A request keeps the "
+            f"settings it was opened with: give those to resume it, or {spec.new_id_hint()}."
+        )
 
 
 def model_identity(model: str) -> str:
@@ -292,6 +515,8 @@ class RequestRun:
         try:
             # An output that is there but stale, or changed since it was recorded, is replaced.
             detail = work(output, output.exists())
+        except LedgerFileError:
+            raise  # the ledger cannot take the failure either
         except Exception as error:
             self.ledger.fail_step(request_id, step, f"{type(error).__name__}: {error}")
             raise
@@ -450,6 +675,8 @@ def process_request(
     ledger.set_status(request_id, "running")
     try:
         return RequestRun(settings, model_args, path, ledger, request, data).run()
+    except LedgerFileError:
+        raise  # the ledger cannot take the failure either
     except Exception as error:
         ledger.set_status(request_id, "failed", f"{type(error).__name__}: {error}")
         raise
@@ -459,10 +686,29 @@ def process(
     requests: Sequence[RequestSpec], settings: DeletionSettings, model_args: ModelArguments
 ) -> list[Outcome]:
     """Carry out every request in order against the ledger (resuming any a killed run left) and return each
-    outcome; one request's error does not stop the batch, the ledger records it as the request's reason."""
+    outcome; one request's error does not stop the batch, the ledger records it as the request's reason.
+
+    Bad input raises before any request is recorded and before any model loads: the ledger and the output
+    directory are checked first, then the data, the subjects, the recipe, suite and reference eval, and the
+    request ids against the ledger. A ledger that cannot be written mid-batch (LedgerFileError) stops it."""
     model = model_args.model_name_or_path
     if not model:
         raise ValueError("deletion requests need the trained model: pass --model_name_or_path.")
+    requests = list(requests)
+    if not requests:
+        raise RequestError(
+            "no deletion requests given: name the subjects of one (--subject) or a --requests_file."
+        )
+    for spec in requests:
+        if not spec.subjects:
+            raise RequestError(f"{spec.describe()} names no subjects; a deletion request needs at least one.")
+        if spec.request_id is not None:
+            check_request_id(spec.request_id, spec.origin or "request")
+    # First the places the results go: a bad --ledger or --output_dir fails at once, before the data is read,
+    # and nothing is created until every input has been checked.
+    ledger_path = settings.ledger_path()
+    check_ledger(ledger_path)
+    check_writable_dir(settings.output_dir)
     path = unlearning_path(model_args, settings.recipe)
     settings = settings.for_path(path)
     data = load_records(settings.dataset, config=settings.dataset_config, split=settings.dataset_split)
@@ -473,14 +719,21 @@ def process(
             f"({recorded['dataset']} {recorded['dataset_config'] or ''} [{recorded['dataset_split']}], "
             f"fingerprint {recorded['fingerprint']}); leave --dataset out to use that data."
         )
+    check_subjects(requests, data, settings, path)
+    check_inputs(settings, path, requests)
     identity = request_settings(settings, model_args, path, data)
+    ids = request_ids(requests, identity)
     lineage = path.lineage_data(data)
     outcomes = []
-    with Ledger(settings.ledger_path()) as ledger:
-        for spec in requests:
+    with Ledger(ledger_path) as ledger:
+        for spec, request_id in zip(requests, ids, strict=True):
+            check_reopened(ledger, spec, request_id, identity)
+        for spec, request_id in zip(requests, ids, strict=True):
             try:
                 request = process_request(settings, model_args, path, ledger, spec, lineage, identity)
                 outcomes.append(Outcome(spec, request.request_id, request.status))
+            except LedgerFileError:
+                raise
             except Exception as error:
-                outcomes.append(Outcome(spec, spec.request_id, "failed", f"{type(error).__name__}: {error}"))
+                outcomes.append(Outcome(spec, request_id, "failed", f"{type(error).__name__}: {error}"))
     return outcomes
