@@ -150,7 +150,7 @@ def _plain_items(
             reference=answer,
             text=text,
         )
-        items.append(_with_cut(item, prompt_ids, [answer_ids]))
+        items.append(_with_cut(item, prompt_ids, [answer_ids, None]))
     return items
 
 
