@@ -19,6 +19,19 @@ import torch
 from transformers import Cache, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+
+def _hub_transport_error() -> type[Exception]:
+    """The error a failed connection to the Hub raises: huggingface_hub 2 talks to the Hub through httpx2, 1.x
+    through httpx, and their TransportError (unlike the Hub's HTTP errors) is no OSError."""
+    try:
+        import httpx2 as http
+    except ImportError:
+        import httpx as http
+    return http.TransportError
+
+
+HubTransportError = _hub_transport_error()
+
 CACHE_NAMES = ("cache", "past_key_values")  # newest first
 
 # The cache field of the causal-LM output classes of the installed transformers.

@@ -7,24 +7,38 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import (
+    HfApi,
+    constants,
+    hf_hub_download,
+    is_offline_mode,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HfHubHTTPError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from transformers import (
+    CONFIG_MAPPING,
+    MODEL_FOR_CAUSAL_LM_MAPPING,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from trl import ModelConfig, get_peft_config
 
+from llm_unlearn.compat import HubTransportError
 from llm_unlearn.embedded import EMBEDDED, ModelLoadError, embedded_checkpoint, load_gguf
 from llm_unlearn.sisa import base_model_kwargs, is_sisa_dir, load_ensemble, read_sisa_record
 
@@ -32,6 +46,11 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# How long the one look-up that decides between the Hub and the local cache waits: huggingface_hub's downloads
+# retry a refused connection for over a minute per file before giving up.
+HUB_TIMEOUT_S = 5.0
+# The linear layers a LoRA error lists as candidates for --lora_target_modules.
+MAX_LISTED_LAYERS = 8
 
 
 @dataclass
@@ -60,11 +79,67 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
+def _needs_remote_code(config: dict[str, Any]) -> bool:
+    """Whether transformers would refuse `config` (a config.json) without trust_remote_code: it names classes of its
+    own (auto_map) for a model type that transformers has no built-in causal LM for (with one, it uses that)."""
+    if not {"AutoConfig", "AutoModelForCausalLM"} & set(config.get("auto_map") or {}):
+        return False
+    model_type = config.get("model_type")
+    return model_type not in CONFIG_MAPPING or CONFIG_MAPPING[model_type] not in MODEL_FOR_CAUSAL_LM_MAPPING
+
+
+def _damaged_weights(directory: Path | None, name: str, error: SafetensorError) -> ModelLoadError:
+    """The error for a .safetensors file of `directory` (model `name`) that safetensors cannot read, naming the
+    files whose header does not open (safetensors reports neither the file nor, for a shard, which one)."""
+    damaged = []
+    for file in sorted(directory.glob("*.safetensors")) if directory is not None else []:
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError:
+            damaged.append(str(file))
+    if damaged:
+        what = f"the weights file{'s' if len(damaged) > 1 else ''} {', '.join(map(repr, damaged))}"
+    else:
+        what = f"a weights file of model {name!r}"
+    return ModelLoadError(
+        f"{what} cannot be read: damaged or incomplete (safetensors: {error}), as an interrupted download or save "
+        "leaves it; download the model again, or save it again."
+    )
+
+
 def _load_plain(
-    source: str, *, dtype: str, trust_remote_code: bool, revision: str | None
+    source: str,
+    *,
+    dtype: str,
+    trust_remote_code: bool,
+    revision: str | None,
+    local_files_only: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+    kwargs = {"trust_remote_code": trust_remote_code, "revision": revision, "local_files_only": local_files_only}
+    config, _ = PretrainedConfig.get_config_dict(source, revision=revision, local_files_only=local_files_only)
+    # Checked before loading: transformers' own refusal names its Python argument and an address built from
+    # `source` even when that is a local directory.
+    if not trust_remote_code and _needs_remote_code(config):
+        raise ModelLoadError(
+            f"model {source!r} (model type {config.get('model_type')!r}) needs the Python code it ships (auto_map "
+            "in its config.json), which runs only when allowed: pass --trust_remote_code true (in a YAML config: "
+            "trust_remote_code: true), and only if you trust that source, as its code then runs on this machine "
+            "with your permissions."
+        )
+    try:
+        # transformers (5.24) looks for an adapter in a Hub repository without the local_files_only it is given,
+        # retrying an unreachable Hub for over a minute; given in adapter_kwargs, that look-up keeps to the cache too.
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=DTYPES[dtype], adapter_kwargs={"local_files_only": local_files_only}, **kwargs
+        )
+    except SafetensorError as error:
+        if Path(source).is_dir():
+            directory = Path(source)
+        else:
+            cached = try_to_load_from_cache(source, "config.json", revision=revision)
+            directory = Path(cached).parent if isinstance(cached, str) else None
+        raise _damaged_weights(directory, source, error) from error
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     return model, tokenizer
 
@@ -83,6 +158,9 @@ def load_model_and_tokenizer(
     its shard adapters on the base its sisa.json records, at the recorded revision and with its
     trust_remote_code), a `.gguf` file, or a Hub id. With `peft_config`, the loaded (merged) model is wrapped in
     fresh LoRA adapters for training.
+
+    A Hub id is looked up once, with a timeout of HUB_TIMEOUT_S: with the Hub unreachable (or HF_HUB_OFFLINE set)
+    it loads from the local Hub cache, and is refused at once, with what to do, when not cached there.
     """
 
     if dtype not in DTYPES:
@@ -121,8 +199,10 @@ def load_model_and_tokenizer(
             f"give a model directory, an adapter directory, a .gguf file, a Hub id, or {EMBEDDED!r}."
         )
     else:
+        not_local = f"model {name_or_path!r} is not the alias {EMBEDDED!r}, not a local directory or .gguf file, and"
         try:
-            adapter_dir = _hub_adapter_snapshot(name_or_path, revision)
+            local_files_only = _cache_only(name_or_path, revision, not_local)
+            adapter_dir = _hub_adapter_snapshot(name_or_path, revision, local_files_only)
             if adapter_dir is not None:
                 # An adapter on the Hub loads like a local one: onto its base, resolved by this loader (so a base
                 # named `embedded` works), then merged.
@@ -131,22 +211,54 @@ def load_model_and_tokenizer(
                 )
             else:
                 model, tokenizer = _load_plain(
-                    name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision
+                    name_or_path,
+                    dtype=dtype,
+                    trust_remote_code=trust_remote_code,
+                    revision=revision,
+                    local_files_only=local_files_only,
                 )
+        except ModelLoadError:
+            # Already names what failed (the Hub, the cache, the code it ships, an adapter's base): kept as it is.
+            raise
         except (OSError, ValueError) as error:
-            raise ModelLoadError(
-                f"model {name_or_path!r} is not the alias {EMBEDDED!r}, not a local directory or .gguf file, and "
-                f"could not be loaded as a Hub id: {error}"
-            ) from error
+            raise ModelLoadError(f"{not_local} could not be loaded as a Hub id: {error}") from error
     # The name as given (an alias, a relative directory), not the resolved checkpoint directory.
     model.name_or_path = name_or_path
     tokenizer = _prepare_tokenizer(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if peft_config is not None:
-        model = get_peft_model(model, peft_config)
+        model = _add_lora(model, peft_config, name_or_path)
         name_adapter_base(model, name_or_path)
     return model, tokenizer
+
+
+def _add_lora(model: PreTrainedModel, peft_config: LoraConfig, name: str) -> PeftModel:
+    """`model` wrapped in fresh LoRA adapters; a model type PEFT cannot choose layers for is refused with the
+    option that names them and the model's own linear layers to choose from."""
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as error:
+        # With no layers named, PEFT looks the model type up in its table of known architectures: a type it lacks
+        # (a model with code of its own) fails here and needs them named.
+        if peft_config.target_modules is not None or peft_config.target_parameters:
+            raise
+        output = model.get_output_embeddings()
+        layers = sorted(
+            {
+                module_name.rsplit(".", 1)[-1]
+                for module_name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and module is not output
+            }
+        )
+        listed = ", ".join(layers[:MAX_LISTED_LAYERS]) + (", ..." if len(layers) > MAX_LISTED_LAYERS else "")
+        example = " ".join(layers[:2] or ["q_proj", "v_proj"])
+        raise ModelLoadError(
+            f"--use_peft: PEFT does not know which layers of model {name!r} (model type "
+            f"{model.config.model_type!r}) to put LoRA adapters on; name them with --lora_target_modules (YAML: "
+            f"lora_target_modules), e.g. `--lora_target_modules {example}`, or `--lora_target_modules all-linear` "
+            f"for every linear layer but the output layer. Its linear layers: {listed or 'none found'}."
+        ) from error
 
 
 def name_adapter_base(model: PeftModel, base_name: str) -> None:
@@ -174,13 +286,60 @@ def hub_commit(name_or_path: str, revision: str | None = None) -> str | None:
     return None
 
 
-def _hub_adapter_snapshot(repo_id: str, revision: str | None) -> Path | None:
+def _cache_only(repo_id: str, revision: str | None, not_local: str) -> bool:
+    """Whether Hub id `repo_id` is to be loaded from the local Hub cache alone (True) or through the Hub (False),
+    decided by one look-up with a short timeout. Raises ModelLoadError, its message starting with `not_local`, when
+    neither the Hub nor the cache can provide the model."""
+    cached = hub_commit(repo_id, revision) is not None
+    # main is the Hub's default branch, and ModelArguments' default revision: named only when another is asked for.
+    named = revision not in (None, "main")
+    at = f" at revision {revision!r}" if named else ""
+    download = f"`hf download {repo_id}{f' --revision {revision}' if named else ''}`"
+    cache = f"the local Hub cache ({constants.HF_HUB_CACHE})"
+    if is_offline_mode():
+        if cached:
+            return True
+        raise ModelLoadError(
+            f"{not_local} as a Hub id it is not in {cache}{at}, and HF_HUB_OFFLINE is set, so the Hub is not "
+            f"asked for it: download it first where the Hub is reachable ({download}), unset HF_HUB_OFFLINE, or "
+            f"give a local model directory or {EMBEDDED!r}."
+        )
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=HUB_TIMEOUT_S)
+        return False
+    except HfHubHTTPError as error:
+        # The Hub answered: loading reports what it said about the repository (not found, gated, private).
+        if error.response.status_code < 500:
+            return False
+        reason = f"HTTP {error.response.status_code} {error.response.reason_phrase}"
+    except HubTransportError as error:
+        reason = f"{type(error).__name__}: {error}"
+    if cached:
+        # A model in the cache loads from it as transformers loads it under HF_HUB_OFFLINE (the cached commit, which
+        # the run record names through hub_commit), rather than failing a run that needs nothing downloaded.
+        logger.warning(
+            "The Hub at %s could not be reached (%s); loading %s%s from the local Hub cache.",
+            constants.ENDPOINT,
+            reason,
+            repo_id,
+            at,
+        )
+        return True
+    raise ModelLoadError(
+        f"{not_local} as a Hub id it could not be loaded: the Hub at {constants.ENDPOINT} could not be reached "
+        f"({reason}), and the model is not in {cache}{at}. Check the network connection or HF_ENDPOINT; or "
+        f"download it first where the Hub is reachable ({download}) and set HF_HUB_OFFLINE=1 to use only cached "
+        f"models; or give a local model directory or {EMBEDDED!r}."
+    )
+
+
+def _hub_adapter_snapshot(repo_id: str, revision: str | None, local_files_only: bool) -> Path | None:
     """The local snapshot of Hub repository `repo_id` when it holds a PEFT adapter; None when it holds none."""
     try:
-        hf_hub_download(repo_id, ADAPTER_CONFIG, revision=revision)
+        hf_hub_download(repo_id, ADAPTER_CONFIG, revision=revision, local_files_only=local_files_only)
     except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
         return None
-    return Path(snapshot_download(repo_id, revision=revision))
+    return Path(snapshot_download(repo_id, revision=revision, local_files_only=local_files_only))
 
 
 def _load_adapter(
@@ -193,7 +352,10 @@ def _load_adapter(
     if not Path(base).is_absolute() and (path / base).exists():
         base = str((path / base).resolve())
     model, tokenizer = load_model_and_tokenizer(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    try:
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except SafetensorError as error:
+        raise _damaged_weights(path, str(path), error) from error
     # PEFT froze every base weight when it wrapped the model, and merging keeps them frozen: unfreeze, so the merged
     # model is trainable like any loaded model (full-parameter unlearning of a fine-tuned adapter otherwise trains
     # nothing: DPO's backward fails, RMU finds no trainable parameter).

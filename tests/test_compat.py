@@ -113,3 +113,11 @@ def test_causal_lm_output_puts_the_cache_where_generate_reads_it():
     output = compat.causal_lm_output(loss=None, logits=torch.zeros(1, 1, 4), cache=cache)
     assert compat.output_cache(output) is cache
     assert getattr(output, compat.CACHE_OUTPUT_FIELD) is cache
+
+
+def test_a_refused_connection_to_the_hub_raises_the_transport_error_compat_names():
+    """The loader and push turn compat.HubTransportError into a message; it must be what huggingface_hub raises."""
+    from huggingface_hub import HfApi
+
+    with pytest.raises(compat.HubTransportError):
+        HfApi(endpoint="http://127.0.0.1:9").model_info("acme/model", timeout=2)

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitInfo, HfApi
+from huggingface_hub import CommitInfo, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from llm_unlearn.compat import HubTransportError
 from llm_unlearn.embedded import EMBEDDED
 from llm_unlearn.evaluation.report import write_report
 from llm_unlearn.evaluation.results import EvalResult, save_eval
@@ -172,15 +174,51 @@ def push_run(
             eval_json=eval_json,
             unlearning_report=unlearning_report,
         )
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        if revision is not None and revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
         what = "adapter" if ADAPTER_CONFIG in files else "model"
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message
-            or f"Upload {what} from run {Path(run_dir).name} (llm-unlearn push)",
-            revision=revision,
-            delete_patterns=[*MODEL_FILE_PATTERNS, *PUBLISHED_FILES],
-        )
+        # Nothing is written into the run directory, and the upload is one commit: a push that fails here leaves
+        # both as they were, and can simply be run again.
+        unchanged = f"no commit was made and the run directory {str(run_dir)!r} is unchanged"
+        try:
+            api.create_repo(repo_id, exist_ok=True, private=private)
+            if revision is not None and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message
+                or f"Upload {what} from run {Path(run_dir).name} (llm-unlearn push)",
+                revision=revision,
+                delete_patterns=[*MODEL_FILE_PATTERNS, *PUBLISHED_FILES],
+            )
+        except HubTransportError as error:
+            raise PushError(
+                f"could not push to {repo_id}: the Hub at {api.endpoint} could not be reached "
+                f"({type(error).__name__}: {error}); {unchanged}. Check the network connection or HF_ENDPOINT, "
+                "then run the push again."
+            ) from error
+        except (HfHubHTTPError, LocalTokenNotFoundError) as error:
+            if isinstance(error, HfHubHTTPError) and error.response.status_code not in (401, 403):
+                raise
+            raise _refused(error, api, repo_id, unchanged) from error
+
+
+def _refused(
+    error: HfHubHTTPError | LocalTokenNotFoundError, api: HfApi, repo_id: str, unchanged: str
+) -> PushError:
+    """The error for a push the Hub refused for want of a (valid, permitted) token: what it answered and how to
+    log in."""
+    if isinstance(error, LocalTokenNotFoundError):
+        answer = "no Hugging Face token was found"
+    else:
+        status = f"HTTP {error.response.status_code} {error.response.reason_phrase}"
+        if error.response.status_code == 403:
+            answer = f"{status}: the token may not write there"
+        elif api.token or get_token():
+            answer = f"{status}: the token was not accepted"
+        else:
+            answer = f"{status}: no Hugging Face token was found"
+    return PushError(
+        f"could not push to {repo_id}: the Hub at {api.endpoint} refused it ({answer}); {unchanged}. Run "
+        f"`hf auth login` or set HF_TOKEN to a token with write access to {repo_id.split('/')[0]}, then run the "
+        "push again."
+    )
