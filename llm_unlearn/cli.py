@@ -37,10 +37,17 @@ COMMANDS = {
 
 
 EXIT_BAD_INPUT = 2
+# Not 1, which `gate` and `forget` return for a result that fails its checks.
+EXIT_UNEXPECTED = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 DEBUG_ENV = "LLM_UNLEARN_DEBUG"
-# Errors that mean the input is wrong or unavailable (files, values, the ledger, the Hub, whose errors are
+# Errors that mean the input is wrong or unavailable (files, values, the ledger, the Hub's HTTP errors, which are
 # OSErrors), not a bug: the library raises these with a message that names what is wrong.
 BAD_INPUT = (ValueError, OSError, sqlite3.Error, yaml.YAMLError)
+OUT_OF_MEMORY_ADVICE = (
+    "lower per_device_train_batch_size (raising gradient_accumulation_steps to keep the global batch) or the suite's "
+    "batch_size, train LoRA adapters (--use_peft true), or load the model in bfloat16 (--dtype bfloat16)"
+)
 
 PACKAGED_NOTE = (
     "A relative path to a .yaml under configs/ or eval/ that does not exist in the current directory is read "
@@ -64,8 +71,9 @@ def with_packaged_configs(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; each subcommand parses its own arguments (and `--config file.yaml`). Bad input
-    (a missing file, a wrong value, an unreadable ledger, a Hub error) ends with one line on stderr and exit
-    code 2; `--debug` (or LLM_UNLEARN_DEBUG=1) shows the traceback instead."""
+    (a missing file, a wrong value, an unreadable ledger, a Hub error, memory too small) ends with one message on
+    stderr and exit code 2, any other error with exit code 3 and Ctrl-C with 130, never a traceback; `--debug` (or
+    LLM_UNLEARN_DEBUG=1) shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
     argv = [arg for arg in argv if arg != "--debug"]
@@ -85,17 +93,45 @@ def main(argv: list[str] | None = None) -> int:
     # argparse would take `--learning_rat` for `--learning_rate`: a typo must be an error, not a guess.
     recipe_parser.allow_abbrev = False
     args = with_packaged_configs(argv[1:])
+    # Imported with the command, which loads torch and huggingface_hub anyway.
+    from llm_unlearn.compat import HubTransportError
+
     try:
         check_config_file(args, recipe_parser)
         result = module.main(*recipe_parser.parse_args_and_config(args))
-    except BAD_INPUT as error:
+    except KeyboardInterrupt:
         if debug:
             raise
-        print(f"llm-unlearn {command}: error: {describe_error(error)}", file=sys.stderr)
+        print(f"llm-unlearn {command}: interrupted; a run's output appears only when it is complete.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if debug:
+            raise
+        code, message = classify_error(error, HubTransportError)
+        print(f"llm-unlearn {command}: error: {message}", file=sys.stderr)
         print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return code
     # `gate` and `forget` return their exit code; the recipes return paths or nothing, which means success.
     return result if isinstance(result, int) else 0
+
+
+def classify_error(error: Exception, hub_transport_error: type[Exception]) -> tuple[int, str]:
+    """The exit code and message for an error that ended a command: bad input (a wrong value or file, the Hub out
+    of reach, memory too small for the settings) exits 2 with its message; anything else is unexpected (a bug
+    here or in a library), exits 3, and says how to report it."""
+    import torch
+
+    if isinstance(error, BAD_INPUT):
+        return EXIT_BAD_INPUT, describe_error(error)
+    if isinstance(error, hub_transport_error):
+        return EXIT_BAD_INPUT, f"the Hugging Face Hub could not be reached ({type(error).__name__}: {error})."
+    if isinstance(error, torch.OutOfMemoryError):
+        first_line = str(error).splitlines()[0] if str(error) else "out of memory"
+        return EXIT_BAD_INPUT, f"out of memory ({first_line}); {OUT_OF_MEMORY_ADVICE}."
+    return EXIT_UNEXPECTED, (
+        f"unexpected {type(error).__name__}: {error}. This is likely a bug in llm_unlearn or a library it uses; "
+        f"please report it with the traceback that --debug shows."
+    )
 
 
 def check_config_file(args: list[str], parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,11 @@ traceback (unless --debug), no model loaded, and no file that was there before c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from llm_unlearn import cli
@@ -184,3 +186,44 @@ def test_an_evaluation_that_cannot_be_written_is_kept_where_the_error_says(tmp_p
     fallback = Path(str(raised.value).rsplit("saved in ", 1)[1].rstrip("."))
     assert load_eval(fallback).split_items("forget")[0]["probability"] == 0.25
     fallback.unlink()
+
+
+def _refused_by_the_hub() -> None:
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint="http://127.0.0.1:9").model_info("acme/model", timeout=2)
+
+
+def _raise(error: BaseException) -> Callable[[], None]:
+    def raising() -> None:
+        raise error
+
+    return raising
+
+
+@pytest.mark.parametrize(
+    ("fail", "code", "expected"),
+    [
+        (_raise(RuntimeError("a tensor went astray")), 3, "llm-unlearn methods: error: unexpected RuntimeError: a "
+         "tensor went astray. This is likely a bug in llm_unlearn or a library it uses; please report it with the "
+         "traceback that --debug shows."),
+        (_raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")), 2,
+         "llm-unlearn methods: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower "
+         "per_device_train_batch_size"),
+        (_refused_by_the_hub, 2, "llm-unlearn methods: error: the Hugging Face Hub could not be reached "
+         "(ConnectError: "),
+        (_raise(KeyboardInterrupt()), 130, "llm-unlearn methods: interrupted; a run's output appears only when it "
+         "is complete."),
+    ],
+    ids=["a bug", "out of memory", "the Hub out of reach", "Ctrl-C"],
+)  # fmt: skip
+def test_no_error_prints_a_traceback_without_debug(fail, code, expected, monkeypatch, capsys):
+    """Past bad input, an error is a bug (exit 3), a resource (exit 2) or an interruption (130): each one message,
+    no traceback, which --debug shows instead."""
+    monkeypatch.setattr("llm_unlearn.commands.methods.main", lambda *args: fail())
+    assert cli.main(["methods"]) == code
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    with pytest.raises(BaseException) as raised:
+        cli.main(["methods", "--debug"])
+    assert not isinstance(raised.value, SystemExit)
