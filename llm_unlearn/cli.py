@@ -8,10 +8,11 @@ import importlib
 import os
 import sqlite3
 import sys
+from typing import Any
 
 import yaml
 
-from llm_unlearn.config_files import check_known_options, read_config
+from llm_unlearn.config_files import check_known_options, check_no_unknown_flags, read_config
 from llm_unlearn.resources import config_path
 
 # Subcommand -> module with `make_parser(prog=...)` and `main(*parsed)`; imported only when used, because
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_config_file(args, recipe_parser)
-        result = module.main(*recipe_parser.parse_args_and_config(args))
+        result = module.main(*parse(recipe_parser, args, command))
     except KeyboardInterrupt:
         if debug:
             raise
@@ -132,6 +133,16 @@ def classify_error(error: Exception, hub_transport_error: type[Exception]) -> tu
         f"unexpected {type(error).__name__}: {error}. This is likely a bug in llm_unlearn or a library it uses; "
         f"please report it with the traceback that --debug shows."
     )
+
+
+def parse(parser: argparse.ArgumentParser, args: list[str], command: str) -> tuple[Any, ...]:
+    """The command's parsed arguments; a flag no option takes is named with the closest option, not in the
+    parser's words (which speak of HfArgumentParser)."""
+    if not hasattr(parser, "dataclass_types"):
+        return parser.parse_args_and_config(args)
+    *parsed, remaining = parser.parse_args_and_config(args, return_remaining_strings=True)
+    check_no_unknown_flags(remaining, tuple(parser.dataclass_types), command)
+    return tuple(parsed)
 
 
 def check_config_file(args: list[str], parser: argparse.ArgumentParser) -> None:

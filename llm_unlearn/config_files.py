@@ -14,7 +14,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +96,43 @@ def check_known_options(
 ) -> None:
     """Raise ConfigError naming every option of `values` that no dataclass has (nor `also`), each with the
     closest known option when there is one."""
-    known = {item.name for kind in dataclass_types for item in dataclasses.fields(kind) if item.init} | set(also)
+    known = _option_names(dataclass_types) | set(also)
     unknown = sorted(set(values) - known)
-    if not unknown:
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown option(s) {_with_closest(unknown, known)}; `llm-unlearn COMMAND --help` lists the "
+            "options."
+        )
+
+
+def check_no_unknown_flags(remaining: Sequence[str], dataclass_types: tuple[type, ...], command: str) -> None:
+    """Raise ConfigError naming the command-line arguments that no option of `command` took (`remaining`, as
+    TrlParser returns them), each flag with the closest flag the command does take."""
+    if not remaining:
         return
+    flags = [arg.split("=", 1)[0] for arg in remaining if arg.startswith("-")]
+    if not flags:
+        raise ConfigError(
+            f"unexpected argument(s) {list(remaining)}; `llm-unlearn {command} --help` lists what it takes."
+        )
+    known = {f"--{name}" for name in _option_names(dataclass_types)}
+    raise ConfigError(
+        f"unknown option(s) {_with_closest(flags, known)} (an option is spelled in full); `llm-unlearn {command} "
+        "--help` lists the options."
+    )
+
+
+def _option_names(dataclass_types: tuple[type, ...]) -> set[str]:
+    return {item.name for kind in dataclass_types for item in dataclasses.fields(kind) if item.init}
+
+
+def _with_closest(names: Sequence[str], known: set[str]) -> str:
+    """`names` quoted, each followed by the closest of `known` when one is close."""
     hints = []
-    for name in unknown:
+    for name in names:
         close = difflib.get_close_matches(name, sorted(known), n=1)
         hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
-    raise ConfigError(
-        f"{source}: unknown option(s) {', '.join(hints)}; `llm-unlearn COMMAND --help` lists the options."
-    )
+    return ", ".join(hints)
 
 
 def load_arguments(

@@ -51,7 +51,8 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     out = ["--output_dir", str(tmp / "out")]
     return {
         "a flag given by a prefix of its name": (
-            ["unlearn", "--config", GRADDIFF, *out, "--learning_rat", "1e-4"], "--learning_rat"
+            ["unlearn", "--config", GRADDIFF, *out, "--learning_rat", "1e-4"],
+            "unknown option(s) '--learning_rat' (did you mean '--learning_rate'?) (an option is spelled in full)",
         ),
         "an unknown method": (["unlearn", "--config", GRADDIFF, *out, "--method", "gd"], "unknown unlearning method 'gd'"),
         "a method argument of the wrong type": (

@@ -255,7 +255,7 @@ def test_missing_and_malformed_files(
     missing = str(tmp_path / "missing" / "eval.json")
     code, out, err = gate_cli(capsys, missing, "--check", "x>1")
     assert code == 2 and out == ""
-    assert f"eval.json: {missing} does not exist; `llm-unlearn eval" in err
+    assert f"error: the eval.json to gate: {missing} does not exist; `llm-unlearn eval" in err
     code, _, err = gate_cli(capsys, evals["eval"], "--target", missing, "--check", "model_utility>=target")
     assert code == 2 and f"--target: {missing} does not exist" in err
     broken = tmp_path / "broken.json"
@@ -282,8 +282,8 @@ def test_unknown_name_lists_available(
     code, _, err = gate_cli(capsys, evals["eval"], "--check", "forget/rouge>1")
     assert code == 2
     assert (
-        f"unknown name 'forget/rouge' in eval.json {evals['eval']!r}; available: forget/probability, forget_quality, "
-        "model_utility, retain/probability, retain/rouge_l_recall." in err
+        f"unknown name 'forget/rouge' in the eval.json to gate {evals['eval']!r}; available: forget/probability, "
+        "forget_quality, model_utility, retain/probability, retain/rouge_l_recall." in err
     )
     # The same name must exist in the reference file too.
     target = write_eval(tmp_path / "t.json", summary={"model_utility": 0.5})
@@ -335,7 +335,7 @@ def test_non_numeric_value_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFi
     path = tmp_path / "e.json"
     path.write_text(json.dumps({"splits": {}, "summary": {"x": {"value": value}}}))
     code, _, err = gate_cli(capsys, str(path), "--check", "x>=1")
-    assert code == 2 and f"eval.json: {path}: summary.x is {value!r}; expected a number" in err
+    assert code == 2 and f"the eval.json to gate: {path}: summary.x is {value!r}; expected a number" in err
 
 
 def test_no_checks_or_no_eval_json(evals: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

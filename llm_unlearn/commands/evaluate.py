@@ -36,7 +36,3 @@ def main(suite: Suite, output: EvalOutputArguments, model_args: ModelArguments) 
 def make_parser(prog: str | None = None) -> TrlParser:
     """The eval parser: the suite's options, the output and the model, with `--config suite.yaml`."""
     return TrlParser((Suite, EvalOutputArguments, ModelArguments), prog=prog)
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

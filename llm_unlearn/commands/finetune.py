@@ -32,7 +32,3 @@ def main(
 def make_parser(prog: str | None = None) -> TrlParser:
     """The recipe's parser: data, training and model arguments, with `--config file.yaml`."""
     return TrlParser((FinetuneScriptArguments, TrainingArguments, ModelArguments), prog=prog)
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

@@ -107,7 +107,3 @@ def make_parser(prog: str | None = None) -> TrlParser:
             help=f"One {metavar.lower()}; repeat for more.",
         )  # fmt: skip
     return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main(*make_parser().parse_args_and_config()))

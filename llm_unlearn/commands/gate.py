@@ -6,19 +6,15 @@ exits 0 when every check passes, 1 when one fails and 2 for bad input; `--json P
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import yaml
 from trl import TrlParser
 
 from llm_unlearn.commands.arguments import OptionalPositional
 from llm_unlearn.evaluation.gate import GRAMMAR, GateInputError, GateResult, run_gate
 from llm_unlearn.files import write_json_atomic
 
-EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_PASS, EXIT_FAIL = 0, 1
 
 
 @dataclass
@@ -60,35 +56,21 @@ def gate(args: GateArguments) -> GateResult:
 
 
 def main(args: GateArguments) -> int:
-    """Run the gate: print the table (errors to stderr), write --json, return 0 (pass), 1 (fail) or 2 (bad input)."""
-    try:
-        result = gate(args)
-        print(result.table())
-        if args.output_json:
-            try:
-                write_json_atomic(result.to_json(), args.output_json)
-            except OSError as error:
-                raise GateInputError(f"cannot write --json {args.output_json!r}: {error}.") from error
-    except GateInputError as error:
-        print(f"gate: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_PASS if result.passed else EXIT_FAIL
-
-
-class _GateParser(TrlParser):
-    """A TrlParser whose config-file and argument errors end with argparse's usage message and exit code 2."""
-
-    def parse_args_and_config(self, args: Sequence[str] | None = None, **kwargs: Any) -> tuple[Any, ...]:
-        """As TrlParser's, but a missing or bad --config file or an unknown argument is bad input (exit 2)."""
+    """Run the gate: print the table, write --json, return 0 (pass) or 1 (fail); bad input raises GateInputError,
+    which the command line reports with exit code 2."""
+    result = gate(args)
+    print(result.table())
+    if args.output_json:
         try:
-            return super().parse_args_and_config(args, **kwargs)
-        except (OSError, ValueError, yaml.YAMLError) as error:
-            self.error(str(error))
+            write_json_atomic(result.to_json(), args.output_json)
+        except OSError as error:
+            raise GateInputError(f"cannot write --json {args.output_json!r}: {error}.") from error
+    return EXIT_PASS if result.passed else EXIT_FAIL
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
     """The gate parser: EVAL_JSON positional (or --eval_json), repeatable --check, and `--config file.yaml`."""
-    parser = _GateParser([GateArguments], prog=prog, description=f"{__doc__}\n{GRAMMAR}")
+    parser = TrlParser([GateArguments], prog=prog, description=f"{__doc__}\n{GRAMMAR}")
     parser.add_argument(
         "eval_json", nargs="?", action=OptionalPositional, metavar="EVAL_JSON", help="eval.json to gate."
     )
@@ -101,7 +83,3 @@ def make_parser(prog: str | None = None) -> TrlParser:
         help="One check 'NAME OP RHS'; repeat for more. Adds to the checks of --config; --checks replaces them.",
     )
     return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main(*make_parser().parse_args_and_config()))

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from collections.abc import Sequence
 
@@ -41,15 +40,8 @@ def method_list() -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the method list, or the description of `args.name`; exit code 2 for an unknown name."""
-    if args.name is None:
-        print(method_list())
-        return 0
-    try:
-        print(describe_method(args.name))
-    except ValueError as error:
-        print(f"llm-unlearn methods: {error}", file=sys.stderr)
-        return 2
+    """Print the method list, or the description of `args.name` (an unknown name raises ValueError)."""
+    print(method_list() if args.name is None else describe_method(args.name))
     return 0
 
 
@@ -60,7 +52,3 @@ def make_parser(prog: str | None = None) -> MethodsParser:
         "name", nargs="?", default=None, metavar="NAME", help="A registered method; omit it to list them all."
     )
     return parser
-
-
-if __name__ == "__main__":
-    sys.exit(main(*make_parser().parse_args_and_config()))

@@ -95,7 +95,3 @@ def make_parser(prog: str | None = None) -> TrlParser:
         "run_dir", nargs="?", action=OptionalPositional, metavar="RUN_DIR", help="Run directory to publish."
     )
     return parser
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

@@ -68,7 +68,3 @@ def make_parser(prog: str | None = None) -> TrlParser:
         "run_dirs", nargs="*", action=OptionalPositional, metavar="RUN_DIR", help="Run directories."
     )
     return parser
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

@@ -63,7 +63,3 @@ def main(
 def make_parser(prog: str | None = None) -> TrlParser:
     """The recipe's parser: data and shard options, training and model (LoRA) arguments, `--config x.yaml`."""
     return TrlParser((SisaScriptArguments, TrainingArguments, ModelArguments), prog=prog)
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

@@ -38,7 +38,3 @@ def make_parser(prog: str | None = None) -> TrlParser:
         prog=prog,
         epilog="The methods and their method_args (types, defaults, meanings): `llm-unlearn methods [NAME]`.",
     )
-
-
-if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())

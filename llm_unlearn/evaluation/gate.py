@@ -254,7 +254,7 @@ def run_gate(
     if not checks:
         raise GateInputError(f"no checks given; a gate needs at least one. {GRAMMAR}")
     parsed = [parse_check(text) for text in checks]
-    values = read_gate_input(eval_json, "eval.json")
+    values = read_gate_input(eval_json, "the eval.json to gate")
     paths = {"target": target, "retain": retain}
     references = {name: read_gate_input(path, f"--{name}") for name, path in paths.items() if path}
     return GateResult(
