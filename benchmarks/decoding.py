@@ -45,7 +45,7 @@ import torch
 from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from llm_unlearn.data.benchmarks import muse_fewshot_prompt
-from llm_unlearn.data.formatting import format_qa
+from llm_unlearn.data.prompts import format_qa
 from llm_unlearn.evaluation.generation import generate_greedy, generate_samples, greedy_generation_config
 
 STOP_STRINGS = ["\n\n", "Question:"]
@@ -71,6 +71,11 @@ def cut(text: str, stop_strings: Sequence[str]) -> str:
     return text[: min(positions, default=len(text))].strip()
 
 
+def prompt_tokens(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """The prompts' token ids without special tokens, as every path here reads them."""
+    return tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+
+
 def with_generate(
     model,
     tokenizer,
@@ -90,7 +95,7 @@ def with_generate(
         )
     left_padding = copy.deepcopy(tokenizer)
     left_padding.padding_side = "left"
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    lengths = [len(ids) for ids in prompt_tokens(tokenizer, prompts)]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i], reverse=True)
     per_batch = max(1, batch_size // num_samples)
     stop_kwargs = {"tokenizer": tokenizer} if stop_strings else {}
@@ -142,7 +147,7 @@ def with_generate_batch(
     stripped. It has no stop strings: a request runs to eos or `max_new_tokens`, and is cut afterwards."""
     if config is None:
         config = greedy_generation_config(model, tokenizer, max_new_tokens=max_new_tokens)
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_tokens(tokenizer, prompts)
     outputs = model.generate_batch(
         prompt_ids,
         generation_config=config,
@@ -173,7 +178,7 @@ def with_cb_streaming(
     """Greedy completions by the continuous batching manager (`continuous_batching_context_manager`, what
     `generate_batch` wraps) with streamed requests, each cancelled once its text holds a stop string."""
     config = greedy_generation_config(model, tokenizer, max_new_tokens=max_new_tokens)
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_tokens(tokenizer, prompts)
     tokens: dict[str, list[int]] = {}
     with model.continuous_batching_context_manager(
         generation_config=config,
@@ -214,7 +219,7 @@ def with_ours(
     texts = generate_greedy(
         model,
         tokenizer,
-        prompts,
+        prompt_tokens(tokenizer, prompts),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         stop_strings=stop_strings,
@@ -347,7 +352,12 @@ def main() -> None:
             )
             return {
                 "generate_samples (ours)": lambda: generate_samples(
-                    model, tokenizer, prompts, num_samples=k, top_p=args.top_p, **settings
+                    model,
+                    tokenizer,
+                    prompt_tokens(tokenizer, prompts),
+                    num_samples=k,
+                    top_p=args.top_p,
+                    **settings,
                 ),
                 "model.generate": lambda: with_generate(
                     model, tokenizer, prompts, config=config, num_samples=k, **settings

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_unlearn.data.formatting import IGNORE_INDEX, format_qa
+from llm_unlearn.data.formatting import IGNORE_INDEX
+from llm_unlearn.data.prompts import format_qa
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 
 

@@ -78,6 +78,7 @@ def finetune(
                 "holdout": describe_data(split.holdout),
             },
             "truncation": {"train": truncation.to_dict()},
+            "prompt_format": data_args.prompt_example(tokenizer, data),
         }
         return finish_run(
             trainer, output_dir, record, script_args=data_args, model_args=model_args, train_output=result,

@@ -75,6 +75,7 @@ def unlearn(
             "safeguard": trainer.safeguard_report(),
             "eval_during_training": eval_callback.report() if eval_callback is not None else None,
             "truncation": {name: cut.to_dict() for name, cut in trainer.truncation.items()},
+            "prompt_format": data_args.prompt_example(tokenizer, split.forget),
             "data": {
                 "forget": describe_data(split.forget),
                 "retain": describe_data(split.retain),

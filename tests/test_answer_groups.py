@@ -10,7 +10,8 @@ from conftest import build_tiny_llama, build_tiny_tokenizer, sharpen
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_unlearn.data.formatting import IGNORE_INDEX, format_qa
+from llm_unlearn.data.formatting import IGNORE_INDEX
+from llm_unlearn.data.prompts import format_qa
 from llm_unlearn.evaluation import statistics as statistics_module
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 

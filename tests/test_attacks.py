@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_unlearn.data.formatting import encode_qa
+from llm_unlearn.evaluation import evaluator as evaluator_module
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
 from llm_unlearn.evaluation.attacks import (
     ATTACKS,
@@ -26,6 +27,7 @@ from llm_unlearn.evaluation.attacks import (
 )
 from llm_unlearn.evaluation.attacks.quantization import decoder_linear_weights
 from llm_unlearn.evaluation.attacks.relearning import fine_tune, relearn_split
+from llm_unlearn.evaluation.evaluator import EvalConfig, evaluate_split
 from llm_unlearn.evaluation.metrics import probability
 from llm_unlearn.evaluation.statistics import compute_item_statistics
 
@@ -327,6 +329,29 @@ def test_leak_at_k_is_one_for_a_model_that_samples_the_answer(tiny_model, tiny_t
         "threshold": 0.8,
         "batch_size": 16,
     }
+
+
+def test_leak_at_k_samples_from_the_prompt_ids_that_greedy_evaluation_decodes(
+    tiny_model, tiny_tokenizer, monkeypatch
+):
+    passed: dict[str, list[list[int]]] = {}
+
+    def sampled(model, tokenizer, prompt_ids, *, num_samples, **kwargs):
+        passed["leak_at_k"] = [list(ids) for ids in prompt_ids]
+        return [[""] * num_samples for _ in prompt_ids]
+
+    def greedy(model, tokenizer, prompt_ids, **kwargs):
+        passed["greedy"] = [list(ids) for ids in prompt_ids]
+        return [""] * len(prompt_ids)
+
+    monkeypatch.setattr(leak, "generate_samples", sampled)
+    monkeypatch.setattr(evaluator_module, "generate_greedy", greedy)
+    context = _context(tiny_model, tiny_tokenizer)
+    run_attack("leak_at_k", context, k=2, max_new_tokens=4)
+    config = EvalConfig(metrics=("rouge_l_recall",), max_length=context.max_length)
+    evaluate_split(tiny_model, tiny_tokenizer, "forget", context.splits["forget"], config)
+    assert len(passed["leak_at_k"]) == len(FORGET)
+    assert passed["leak_at_k"] == passed["greedy"]
 
 
 def test_leak_at_k_draws_the_same_k_samples_for_the_same_seed(tiny_model, tiny_tokenizer, monkeypatch):

@@ -265,6 +265,43 @@ def test_muse_privleak_splits_are_text_rows_of_their_own_file(muse_dir: Path) ->
         assert set(dataset["subject_id"]) == {None}
 
 
+# MUSE-News' scalability sets grow by a quarter of the forget texts; its sustainability sets are those quarters.
+SUST = {f"forget_{k}": [f"Forget article {k}a.", f"Forget article {k}b."] for k in range(1, 5)}
+SCAL = {
+    f"forget_{k}": [text for part in range(1, k + 1) for text in SUST[f"forget_{part}"]] for k in range(1, 5)
+}
+
+
+def write_scal_sust(directory: Path) -> None:
+    """MUSE-News' `scal` and `sust` configs, one text shard per split as on the Hub."""
+    for config, splits in (("scal", SCAL), ("sust", SUST)):
+        for split, texts in splits.items():
+            write_muse(directory, config, split, {"text": texts})
+
+
+def test_muse_scal_and_sust_splits_are_text_rows_of_their_own_file(tmp_path: Path) -> None:
+    write_scal_sust(tmp_path)
+    for config, splits in (("scal", SCAL), ("sust", SUST)):
+        for split, texts in splits.items():
+            dataset = load_benchmark("muse", config, split, source=str(tmp_path))
+            assert dataset.features == TEXT_FEATURES
+            assert dataset["text"] == texts
+            assert set(dataset["subject_id"]) == {None}
+
+
+def test_muse_scal_and_sust_are_news_only(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError,
+        match=r"muse: config 'scal' exists in muse-bench/MUSE-News only; muse-bench/MUSE-Books has raw, ",
+    ):
+        load_muse("scal", "forget_1", source="muse-bench/MUSE-Books")
+    with pytest.raises(DataError) as info:
+        load_muse("sust", "forget_3", source=str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / "sust" / "forget_3-00000-of-00001.parquet") in message
+    assert "muse-bench/MUSE-News" in message and "MUSE-Books" not in message
+
+
 def test_unknown_configs_and_splits_list_the_known_ones(tofu_dir: Path) -> None:
     with pytest.raises(
         DataError, match=r"tofu: unknown config 'forget20'; known configs: full, retain90, .*holdout10"
@@ -273,9 +310,15 @@ def test_unknown_configs_and_splits_list_the_known_ones(tofu_dir: Path) -> None:
     with pytest.raises(DataError, match=r"tofu: config 'forget10' has only the split 'train', not 'test'"):
         load_tofu("forget10", source=str(tofu_dir), split="test")
     with pytest.raises(
-        DataError, match=r"muse: unknown config 'scal'; known configs: raw, train, verbmem, knowmem, privleak"
+        DataError,
+        match=r"muse: unknown config 'retain'; known configs: raw, train, verbmem, knowmem, privleak, scal, sust",
     ):
-        load_muse("scal", "forget_1", source=str(tofu_dir))
+        load_muse("retain", "forget_1", source=str(tofu_dir))
+    with pytest.raises(
+        DataError,
+        match=r"muse: config 'sust' has no split 'forget'; its splits: forget_1, forget_2, forget_3, forget_4",
+    ):
+        load_muse("sust", "forget", source=str(tofu_dir))
     with pytest.raises(
         DataError,
         match=r"muse: config 'knowmem' has no split 'retain2_qa'; its splits: forget_qa, forget_qa_icl, retain_qa, retain_qa_icl",

@@ -14,7 +14,8 @@ import torch
 from conftest import build_tiny_llama, build_tiny_tokenizer, sharpen
 from datasets import Dataset
 
-from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, encode_text, format_qa
+from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, encode_text
+from llm_unlearn.data.prompts import format_qa
 from llm_unlearn.evaluation import (
     EvalConfig,
     EvalResult,
@@ -165,8 +166,8 @@ def test_summarize_gives_mean_count_and_sample_std():
     assert summarize([])["n"] == 0
 
 
-def _one_by_one(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    input_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+def _one_by_one(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    input_ids = torch.tensor([prompt_ids])
     with torch.no_grad():
         output = model.generate(
             input_ids=input_ids,
@@ -179,8 +180,10 @@ def _one_by_one(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]
     return output[0, input_ids.shape[1] :].tolist()
 
 
-def _prompts(tokenizer) -> list[str]:
-    return [format_qa(tokenizer, question)[0] for question, _ in QA]
+def _prompts(tokenizer) -> list[list[int]]:
+    """The QA prompts' token ids, tokenized as QA items tokenize them (no special tokens added)."""
+    prompts = [format_qa(tokenizer, question)[0] for question, _ in QA]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
 def test_batched_left_padded_generation_equals_one_by_one():
@@ -275,7 +278,11 @@ def test_evaluate_splits_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
     splits = _splits()
     result = evaluate_splits(tiny_model, tiny_tokenizer, splits, config)
 
-    assert set(result) == {"config", "splits", "summary", "timing"}
+    assert set(result) == {"config", "prompt_format", "splits", "summary", "timing"}
+    # A fixed question and answer as the evaluation tokenized them: the chat template of the tiny tokenizer.
+    assert result["prompt_format"]["text"].startswith("<|im_start|>user\n") and result["prompt_format"]["format"][
+        "name"
+    ] == "chat"
     assert result["config"]["metrics"] == ["probability", "rouge_l_recall", "rouge_l_f1"]
     assert result["config"]["max_new_tokens"] == 8
     assert set(result["timing"]) == {"forward_s", "generation_s"}
@@ -289,10 +296,11 @@ def test_evaluate_splits_end_to_end(tiny_model, tiny_tokenizer, tmp_path):
             [encode_qa(tiny_tokenizer, row["question"], row["answer"]) for row in dataset],
             pad_token_id=tiny_tokenizer.pad_token_id,
         )
+        prompts = [format_qa(tiny_tokenizer, q)[0] for q in dataset["question"]]
         generations = generate_greedy(
             tiny_model,
             tiny_tokenizer,
-            [format_qa(tiny_tokenizer, q)[0] for q in dataset["question"]],
+            tiny_tokenizer(prompts, add_special_tokens=False)["input_ids"],
             max_new_tokens=8,
         )
         for index, (item, row) in enumerate(zip(split["items"], dataset, strict=True)):
@@ -359,7 +367,7 @@ def test_the_builder_writes_what_the_evaluator_writes(tiny_model, tiny_tokenizer
         mia={"members": "forget", "nonmembers": "holdout", "scores": ["loss", "loss_minus_reference"]},
     )
     result = EvalResult(evaluate_splits(tiny_model, tiny_tokenizer, splits, config))
-    builder = EvalResultBuilder(config=result["config"])
+    builder = EvalResultBuilder(config=result["config"], prompt_format=result["prompt_format"])
     for split in result.split_names():
         aggregates = {metric: result.metric(split, metric) for metric in result.metric_names(split)}
         builder.split(split, aggregates, items=result.split_items(split))

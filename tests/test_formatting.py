@@ -11,9 +11,9 @@ from llm_unlearn.data.formatting import (
     Truncation,
     encode_qa,
     encode_text,
-    format_qa,
     tokenize_dataset,
 )
+from llm_unlearn.data.prompts import format_qa
 
 
 def answer_part(tokenizer, encoded) -> str:
@@ -43,7 +43,7 @@ def test_plain_template_for_tokenizers_without_chat_template(tiny_tokenizer):
     plain = build_tiny_tokenizer(chat_template=False)
     assert format_qa(plain, "Q?", "A.") == ("Question: Q?\nAnswer:", " A.<|im_end|>")
     assert format_qa(plain, "Q?") == ("Question: Q?\nAnswer:", "")
-    with pytest.raises(ValueError, match="has no chat template; use prompt_template='plain'"):
+    with pytest.raises(ValueError, match=r"uses the tokenizer's chat template, but the tokenizer '' has none; use a tag format"):
         format_qa(plain, "Q?", "A.", template="chat")
     with pytest.raises(ValueError, match="prompt_template='jinja' is not known"):
         format_qa(tiny_tokenizer, "Q?", "A.", template="jinja")

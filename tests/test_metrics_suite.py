@@ -151,7 +151,7 @@ def test_new_metrics_are_registered_with_their_inputs():
     for name in ("exact_memorization", "extraction_strength", "loss", "min_k"):
         assert get_metric(name).inputs == ("statistics",)
     assert get_metric("min_k_plus_plus").inputs == ("distribution_statistics",)
-    assert get_metric("zlib").inputs == ("statistics", "text")
+    assert get_metric("zlib").inputs == ("statistics", "answer", "text")
     assert get_metric("min_k").fn is min_k
 
 
@@ -161,7 +161,7 @@ def test_exact_memorization_is_the_fraction_of_argmax_hits():
 
 
 @pytest.mark.parametrize(
-    ("hits", "zero", "one_token"),
+    ("hits", "zero", "inverse_length"),
     [
         ([1, 1, 1], 1.0, 1.0),
         ([0, 1, 1], 2 / 3, 2 / 3),
@@ -172,10 +172,10 @@ def test_exact_memorization_is_the_fraction_of_argmax_hits():
         ([0], 0.0, 1.0),
     ],
 )
-def test_extraction_strength_on_argmax_patterns(hits, zero, one_token):
+def test_extraction_strength_on_argmax_patterns(hits, zero, inverse_length):
     stats = _stats(hits=hits)
     assert extraction_strength(stats) == pytest.approx(zero)
-    assert extraction_strength(stats, no_match="one_token") == pytest.approx(one_token)
+    assert extraction_strength(stats, no_match="inverse_length") == pytest.approx(inverse_length)
     assert get_metric("extraction_strength").fn(stats) == pytest.approx(zero)
 
 
@@ -188,13 +188,13 @@ def test_loss_and_zlib_scores():
     stats = _stats(logprobs=[-1.0, -3.0])
     assert loss(stats) == pytest.approx(2.0)
     # An empty input compresses to 8 bytes: a 2-byte zlib header, a 2-byte empty final block, a 4-byte Adler-32.
-    assert zlib(stats, "") == pytest.approx(2.0 / 8)
+    assert zlib(stats, answer="", text="") == pytest.approx(2.0 / 8)
     text = "Ada Lovelace wurde in London geboren. Ça va ? 東京"
-    assert zlib(stats, text) == pytest.approx(2.0 / len(zlib_module.compress(text.encode("utf-8"))))
+    assert zlib(stats, answer="", text=text) == pytest.approx(2.0 / len(zlib_module.compress(text.encode("utf-8"))))
     # Repetitive text compresses well: a smaller divisor, a larger score.
     rng = np.random.default_rng(0)
     varied = "".join(chr(c) for c in rng.integers(ord("a"), ord("z") + 1, size=400))
-    assert zlib(stats, "ab" * 200) > zlib(stats, varied)
+    assert zlib(stats, answer="", text="ab" * 200) > zlib(stats, answer="", text=varied)
 
 
 def test_min_k_on_a_hand_array():

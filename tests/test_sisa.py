@@ -23,8 +23,9 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from llm_unlearn import cli, compat
 from llm_unlearn.commands import sisa as recipe
-from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, format_qa
+from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa
 from llm_unlearn.data.loading import example_fingerprint
+from llm_unlearn.data.prompts import format_qa
 from llm_unlearn.evaluation import EvalConfig, evaluate_splits
 from llm_unlearn.evaluation.generation import generate_greedy
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
@@ -487,7 +488,9 @@ def test_eval_passes_on_the_ensemble_agree_with_the_shard_models(shard_models, t
             np.testing.assert_allclose(stats.logprobs, logprobs, atol=1e-5)
             assert (stats.argmax_hits == hits).all()
 
-    generated = generate_greedy(ensemble, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=2)
+    generated = generate_greedy(
+        ensemble, tiny_tokenizer, [ids(p) for p in prompts], max_new_tokens=6, batch_size=2
+    )
     for prompt, text in zip(prompts, generated, strict=True):
         tokens = ids(prompt)
         for _ in range(6):

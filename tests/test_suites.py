@@ -16,14 +16,17 @@ from test_benchmark_loaders import (
     PRIVLEAK,
     REAL_AUTHORS_PERTURBED,
     RETAIN_PERTURBED,
+    SCAL,
+    SUST,
     VERBMEM_FORGET,
     WORLD_FACTS_PERTURBED,
     write_muse,
+    write_scal_sust,
     write_tofu,
 )
 
 from llm_unlearn.commands import evaluate
-from llm_unlearn.evaluation import load_eval
+from llm_unlearn.evaluation import evaluate_splits, load_eval
 from llm_unlearn.evaluation.suite import SELECTION_SPLITS, Suite
 
 SUITES = Path(__file__).resolve().parents[1] / "eval"
@@ -155,6 +158,29 @@ def test_muse_suite_end_to_end_on_a_local_snapshot(tiny_model_dir, muse_snapshot
     privleak = again["summary"]["privleak"]
     assert privleak["score"] == "min_k" and privleak["value"] == pytest.approx(0.0, abs=1e-9)
     assert privleak["reference_auc"] == result["mia"]["scores"]["min_k"]["auc"]
+
+
+def test_muse_scal_and_sust_splits_load_and_evaluate_from_a_snapshot(tiny_model, tiny_tokenizer, tmp_path):
+    directory = tmp_path / "MUSE-News"
+    write_scal_sust(directory)
+    news = {"benchmark": "muse", "data": "muse-bench/MUSE-News", "format": "text", "metrics": ["loss"]}
+    suite = Suite(
+        splits=["scal_forget_2", "sust_forget_3"],
+        split_options={
+            "scal_forget_2": {**news, "config": "scal", "split": "forget_2"},
+            "sust_forget_3": {**news, "config": "sust", "split": "forget_3"},
+        },
+        benchmark_source=str(directory),
+    )
+    datasets, fewshot = suite.load_eval_splits()
+    assert datasets["scal_forget_2"]["text"] == SCAL["forget_2"]
+    assert datasets["sust_forget_3"]["text"] == SUST["forget_3"]
+    assert fewshot == {}
+    result = evaluate_splits(tiny_model, tiny_tokenizer, datasets, suite.eval_config())
+    for name, dataset in datasets.items():
+        split = result["splits"][name]
+        assert split["format"] == "text" and split["num_items"] == len(dataset)
+        assert set(split["aggregates"]) == {"loss"}
 
 
 def test_a_split_without_data_and_unknown_options_are_clear_errors(tmp_path):

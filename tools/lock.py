@@ -2,11 +2,11 @@
 
     python tools/lock.py [--output requirements.lock]      (what `make lock` runs)
 
-uv resolves the project with its dev extra for every platform and every Python the project supports
-(`uv pip compile --universal`); the result is used as a pip constraints file, so it pins each package that
-gets installed and installs nothing by itself. torch is left out, and so is every package that only torch
-needs (its CUDA libraries, triton, sympy, ...): the Makefile installs torch on its own (`TORCH=`, a CPU
-build by default), and a pinned CUDA library would clash with any other torch build.
+uv resolves the project with the extras `make test` installs (dev, harness) for every platform and every
+Python the project supports (`uv pip compile --universal`); the result is used as a pip constraints file, so it
+pins each package that gets installed and installs nothing by itself. torch is left out, and so is every
+package that only torch needs (its CUDA libraries, triton, sympy, ...): the Makefile installs torch on its own
+(`TORCH=`, a CPU build by default), and a pinned CUDA library would clash with any other torch build.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MINIMUM_PYTHON = "3.11"
 LEFT_OUT = {"torch"}
+EXTRAS = ("dev", "harness")
 HEADER = """\
 # The tested set: the exact versions that `make demo`, `make test` and `.ci/run` install, as pip constraints
 # (`pip install -c requirements.lock ...`). Generated from pyproject.toml by `make lock` (tools/lock.py);
@@ -72,9 +73,10 @@ def drop_exclusive_dependencies(
 
 
 def compile_lock() -> str:
-    """Resolve pyproject.toml (with the dev extra) with uv and return the lock file's text."""
+    """Resolve pyproject.toml (with EXTRAS) with uv and return the lock file's text."""
     command = [
-        sys.executable, "-m", "uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", "dev", "--universal",
+        sys.executable, "-m", "uv", "pip", "compile", str(ROOT / "pyproject.toml"),
+        *(argument for extra in EXTRAS for argument in ("--extra", extra)), "--universal",
         "--python-version", MINIMUM_PYTHON, "--no-header", "--quiet",
         *(argument for name in sorted(LEFT_OUT) for argument in ("--no-emit-package", name)),
     ]  # fmt: skip

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
 
-from llm_unlearn.data.formatting import PROMPT_TEMPLATES
 from llm_unlearn.data.loading import load_records
+from llm_unlearn.data.prompts import PROMPT_TEMPLATES, check_prompt_template, rendered_example
 from llm_unlearn.data.selection import UnlearnSplit, select_forget_retain
 
 
@@ -41,17 +43,25 @@ class DataArguments:
     holdout_data_config: str | None = field(default=None, metadata={"help": "Hub config of `holdout_data`."})
     holdout_data_split: str = field(default="train", metadata={"help": "Split of `holdout_data`."})
     prompt_template: str = field(
-        default="auto", metadata={"help": "'chat' (the tokenizer's chat template), 'plain', or 'auto'."}
+        default="auto",
+        metadata={
+            "help": f"The prompt format: one of {', '.join(PROMPT_TEMPLATES)} ('auto': the tokenizer's chat template "
+            "if it has one, else 'plain'; the tofu_* and muse presets are the published models' formats), or a "
+            ".yaml file of prompt format fields."
+        },
     )
-    system_prompt: str | None = field(default=None, metadata={"help": "System message for chat templates."})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message, in place of the prompt format's own (if any)."}
+    )
+    date_string: str | None = field(
+        default=None,
+        metadata={"help": "Date that chat templates which print one (Llama 3) show, in place of the format's own."},
+    )
     max_length: int = field(default=256, metadata={"help": "Maximum tokens per example (prompt + answer)."})
 
     def __post_init__(self) -> None:
         # Checked here, before any model loads, rather than when the first example is rendered.
-        if self.prompt_template not in PROMPT_TEMPLATES:
-            raise ValueError(
-                f"prompt_template={self.prompt_template!r} is not known; use one of {PROMPT_TEMPLATES}."
-            )
+        check_prompt_template(self.prompt_template)
         if self.max_length < 1:
             raise ValueError(f"max_length must be at least 1 token, got {self.max_length}.")
 
@@ -79,10 +89,20 @@ class DataArguments:
             config = self.dataset_config
         return load_records(source, config=config, split=split)
 
+    def prompt_example(self, tokenizer: PreTrainedTokenizerBase, data: Dataset) -> dict[str, Any] | None:
+        """A fixed question and answer in this prompt format, decoded with its special tokens (for run.json); None
+        for text data, which has no prompt."""
+        if "question" not in data.column_names:
+            return None
+        return rendered_example(
+            tokenizer, self.prompt_template, system_prompt=self.system_prompt, date_string=self.date_string
+        )
+
     def format_kwargs(self) -> dict:
         """Keyword arguments for `tokenize_dataset` / `EvalConfig` that fix how prompts are rendered."""
         return {
             "template": self.prompt_template,
             "system_prompt": self.system_prompt,
+            "date_string": self.date_string,
             "max_length": self.max_length,
         }

@@ -12,8 +12,9 @@ read without the network:
   position in `full`, from a row's position in its file). The other sets (retain_perturbed, real authors, world
   facts, holdout authors) have no such known position: their `subject_id` is null.
 - MUSE (`muse-bench/MUSE-News`, `muse-bench/MUSE-Books`): Parquet files `<config>/<split>-*.parquet`.
-  `raw`, `train` and `privleak` become text rows, `knowmem` QA rows, and `verbmem` completion rows: `prompt` and
-  `answer` (the Hub's `gt`, the true continuation). `subject_id` is null: MUSE has no data subjects.
+  `raw`, `train`, `privleak`, and News' `scal` and `sust` become text rows, `knowmem` QA rows, and `verbmem`
+  completion rows: `prompt` and `answer` (the Hub's `gt`, the true continuation). `subject_id` is null: MUSE has
+  no data subjects.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ MUSE_SPLITS: dict[str, tuple[str, ...]] = {
     "verbmem": ("forget",),
     "knowmem": ("forget_qa", "forget_qa_icl", "retain_qa", "retain_qa_icl"),
     "privleak": ("forget", "retain", "holdout"),
+    # Scalability: forget sets of growing size, forget_k about k quarters of the forget texts (forget_4 is as
+    # large as `train/forget`).
+    "scal": ("forget_1", "forget_2", "forget_3", "forget_4"),
+    # Sustainability: the forget texts in four parts of about a quarter each, for requests that come one after
+    # another.
+    "sust": ("forget_1", "forget_2", "forget_3", "forget_4"),
 }
 _MUSE_COLUMNS = {
     "raw": (TEXT_FIELD,),
@@ -107,7 +114,11 @@ _MUSE_COLUMNS = {
     "verbmem": ("prompt", "gt"),
     "knowmem": ("question", "answer"),
     "privleak": (TEXT_FIELD,),
+    "scal": (TEXT_FIELD,),
+    "sust": (TEXT_FIELD,),
 }
+# The configs that MUSE-News has and MUSE-Books lacks.
+MUSE_NEWS_ONLY = ("scal", "sust")
 # Each knowmem QA split is asked with the shots of its in-context-learning split.
 MUSE_KNOWMEM_SHOTS = {"forget_qa": "forget_qa_icl", "retain_qa": "retain_qa_icl"}
 MUSE_KNOWMEM_MAX_NEW_TOKENS = 32
@@ -265,10 +276,10 @@ def _read_parquet_split(directory: Path, config: str, split: str) -> tuple[str, 
     files = sorted((directory / config).glob(f"{split}-*.parquet"))
     if not files:
         expected = directory / config / f"{split}-00000-of-00001.parquet"
+        books = "" if config in MUSE_NEWS_ONLY else f" (or {MUSE_SOURCES['books']})"
         raise DataError(
             f"{expected}: no such file; a local MUSE snapshot holds config {config!r}, split {split!r} in "
-            f"{config}/{split}-*.parquet; {_download_hint(MUSE_SOURCES['news'], str(directory))} (or "
-            f"{MUSE_SOURCES['books']})."
+            f"{config}/{split}-*.parquet; {_download_hint(MUSE_SOURCES['news'], str(directory))}{books}."
         )
     try:
         table = pa.concat_tables([pq.read_table(file) for file in files])
@@ -297,13 +308,18 @@ def _text_dataset(where: str, table: Table) -> Dataset:
 
 
 def load_muse(config: str, split: str, *, source: str = MUSE_SOURCES["news"]) -> Dataset:
-    """Load one MUSE config and split: text rows (raw, train, privleak), QA rows (knowmem) or completion rows
-    (verbmem: prompt and answer, the true continuation)."""
+    """Load one MUSE config and split: text rows (raw, train, privleak, and News' scal and sust), QA rows
+    (knowmem) or completion rows (verbmem: prompt and answer, the true continuation)."""
     if config not in MUSE_SPLITS:
         raise DataError(f"muse: unknown config {config!r}; known configs: {', '.join(MUSE_SPLITS)}.")
     if split not in MUSE_SPLITS[config]:
         raise DataError(
             f"muse: config {config!r} has no split {split!r}; its splits: {', '.join(MUSE_SPLITS[config])}."
+        )
+    if config in MUSE_NEWS_ONLY and source == MUSE_SOURCES["books"]:
+        raise DataError(
+            f"muse: config {config!r} exists in {MUSE_SOURCES['news']} only; {MUSE_SOURCES['books']} has "
+            f"{', '.join(name for name in MUSE_SPLITS if name not in MUSE_NEWS_ONLY)}."
         )
     if _is_local(source):
         where, table = _read_parquet_split(Path(source).expanduser(), config, split)

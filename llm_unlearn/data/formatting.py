@@ -1,8 +1,9 @@
-"""Prompt formatting and label masking: turn QA pairs and raw texts into `input_ids` + `labels`.
+"""Tokenization and label masking: turn QA pairs and raw texts into `input_ids` + `labels`, count what
+`max_length` cuts, and pad batches.
 
-A QA pair becomes `prompt_ids + completion_ids`, tokenized separately and concatenated (as TRL does for
-prompt-completion data) so that generation from `prompt_ids` sees exactly what training saw. Prompt tokens
-get label -100: the loss is on answer tokens only. A raw text is trained on every token.
+A QA pair becomes `prompt_ids + completion_ids` in a prompt format (`llm_unlearn.data.prompts`), so that
+generation from `prompt_ids` sees what training saw. Prompt tokens get label -100: the loss is on answer tokens
+only. A raw text is trained on every token.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import torch
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
+from llm_unlearn.data.prompts import PromptFormat, resolve_format
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-PROMPT_TEMPLATES = ("auto", "chat", "plain")
-# Llama-3 chat templates print today's date unless given one; a fixed date keeps results reproducible.
-PINNED_DATE = "26 Jul 2024"
-PLAIN_PROMPT = "Question: {question}\nAnswer:"
 VIEW_SEPARATOR = "__"
 VIEW_ANSWER = "__view_answer"
 # Tokens an example lost to `max_length`; a column only while a data set is being tokenized.
@@ -76,62 +75,6 @@ class Truncation:
         )
 
 
-def _resolve_template(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
-    if template not in PROMPT_TEMPLATES:
-        raise ValueError(f"prompt_template={template!r} is not known; use one of {PROMPT_TEMPLATES}.")
-    if template == "auto":
-        return "chat" if tokenizer.chat_template else "plain"
-    if template == "chat" and not tokenizer.chat_template:
-        raise ValueError(
-            f"prompt_template='chat' but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
-            "use prompt_template='plain' (or 'auto')."
-        )
-    return template
-
-
-def _messages(question: str, system_prompt: str | None, answer: str | None = None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-    messages.append({"role": "user", "content": question})
-    if answer is not None:
-        messages.append({"role": "assistant", "content": answer})
-    return messages
-
-
-def format_qa(
-    tokenizer: PreTrainedTokenizerBase,
-    question: str,
-    answer: str | None = None,
-    *,
-    template: str = "auto",
-    system_prompt: str | None = None,
-) -> tuple[str, str]:
-    """Return `(prompt, completion)` strings for a QA pair; `completion` is "" when `answer` is None."""
-    template = _resolve_template(tokenizer, template)
-    if template == "plain":
-        prompt = PLAIN_PROMPT.format(question=question)
-        if answer is None:
-            return prompt, ""
-        return prompt, " " + answer + (tokenizer.eos_token or "")
-    prompt = tokenizer.apply_chat_template(
-        _messages(question, system_prompt),
-        tokenize=False,
-        add_generation_prompt=True,
-        date_string=PINNED_DATE,
-    )
-    if answer is None:
-        return prompt, ""
-    full = tokenizer.apply_chat_template(
-        _messages(question, system_prompt, answer), tokenize=False, date_string=PINNED_DATE
-    )
-    if not full.startswith(prompt):
-        raise ValueError(
-            f"the chat template of {tokenizer.name_or_path!r} renders the conversation with a different prefix "
-            "than the generation prompt, so prompt and answer cannot be split; use prompt_template='plain'."
-        )
-    # The template may end a turn with a newline after the end-of-turn token; training on it is noise.
-    return prompt, full[len(prompt) :].rstrip()
-
-
 def encode_qa(
     tokenizer: PreTrainedTokenizerBase,
     question: str,
@@ -139,30 +82,26 @@ def encode_qa(
     *,
     template: str = "auto",
     system_prompt: str | None = None,
+    date_string: str | None = None,
     max_length: int | None = None,
 ) -> dict[str, list[int]]:
-    """Tokenize a QA pair into `input_ids` and `labels` with the prompt masked (-100)."""
-    encoded, _ = _encode_qa(
-        tokenizer, question, answer, template=template, system_prompt=system_prompt, max_length=max_length
-    )
+    """Tokenize a QA pair into `input_ids` and `labels` with the prompt masked (-100), in the prompt format
+    `template` names (`llm_unlearn.data.prompts`)."""
+    prompt_format = resolve_format(tokenizer, template, system_prompt=system_prompt, date_string=date_string)
+    encoded, _ = _encode_qa(tokenizer, prompt_format, question, answer, max_length=max_length)
     return encoded
 
 
 def _encode_qa(
     tokenizer: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat,
     question: str,
     answer: str,
     *,
-    template: str,
-    system_prompt: str | None,
     max_length: int | None,
 ) -> tuple[dict[str, list[int]], int]:
     """`encode_qa`'s result and the number of tokens `max_length` cut from it."""
-    prompt, completion = format_qa(
-        tokenizer, question, answer, template=template, system_prompt=system_prompt
-    )
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    prompt_ids, completion_ids = prompt_format.encode(tokenizer, question, answer)
     input_ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     dropped = 0
@@ -205,6 +144,7 @@ def tokenize_dataset(
     *,
     template: str = "auto",
     system_prompt: str | None = None,
+    date_string: str | None = None,
     max_length: int | None = 256,
     answer_field: str = "answer",
     name: str = "data",
@@ -216,14 +156,11 @@ def tokenize_dataset(
         if answer_field not in columns:
             raise ValueError(f"answer_field={answer_field!r} is not a column; the dataset has {columns}.")
 
+        prompt_format = resolve_format(tokenizer, template, system_prompt=system_prompt, date_string=date_string)
+
         def encode(row: dict[str, Any]) -> dict[str, Any]:
             encoded, dropped = _encode_qa(
-                tokenizer,
-                row["question"],
-                row[answer_field],
-                template=template,
-                system_prompt=system_prompt,
-                max_length=max_length,
+                tokenizer, prompt_format, row["question"], row[answer_field], max_length=max_length
             )
             return {**encoded, DROPPED: dropped}
 

@@ -75,6 +75,21 @@ def truth_ratio_retain(ratios: Values) -> float:
     return float(np.maximum(0.0, 1.0 - _as_ratios(ratios)).mean())
 
 
+def truth_ratio_prob_mean(ratios: Values) -> float:
+    """Truth-ratio statistic `prob_mean`: mean of P_true / (P_true + P_wrong) = mean(1 / (1 + R)), P_true the
+    truth ratio's denominator and P_wrong its numerator; 1 when the true answer is far likelier, 1/2 when they
+    are equally likely (docs/metrics.md#truth_ratio_stat)."""
+    return float((1.0 / (1.0 + _as_ratios(ratios))).mean())
+
+
+# The truth-ratio statistics a split may take, by name (docs/metrics.md#truth_ratio_stat).
+TRUTH_RATIO_AGGREGATORS: dict[str, Callable[[Values], float]] = {
+    "closer_to_1": truth_ratio_forget,
+    "true_better": truth_ratio_retain,
+    "prob_mean": truth_ratio_prob_mean,
+}
+
+
 def multiple_choice_probability(p_true: float, p_wrongs: Values) -> float:
     """Multiple-choice probability P_true / (P_true + sum_j P_wrong_j) with length-normalised P = exp(-NLL)
     (TOFU real authors / world facts, Maini et al. 2024; docs/metrics.md#probability_mc)."""

@@ -16,14 +16,29 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_unlearn.data.prompts import rendered_example
 from llm_unlearn.evaluation import aggregate, membership
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
 from llm_unlearn.evaluation.attacks import AttackContext, attack_params, run_attack
 from llm_unlearn.evaluation.distributed import map_items
 from llm_unlearn.evaluation.generation import generate_greedy
-from llm_unlearn.evaluation.gradients import gradient_norms
+from llm_unlearn.evaluation.gradients import (
+    GRADNORM_MODES,
+    GRADNORM_REDUCTIONS,
+    GradnormMode,
+    GradnormReduction,
+    gradient_norms,
+)
 from llm_unlearn.evaluation.items import FORMATS, EvalItem, build_items, truncation
-from llm_unlearn.evaluation.metrics import AnswerGroupStatistics, Metric, get_metric
+from llm_unlearn.evaluation.metrics import (
+    ES_NO_MATCH,
+    ZLIB_TEXTS,
+    AnswerGroupStatistics,
+    EsNoMatch,
+    Metric,
+    ZlibText,
+    get_metric,
+)
 from llm_unlearn.evaluation.results import TRUTH_RATIO_STAT, EvalResult
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 
@@ -33,11 +48,46 @@ TRUTH_RATIO = "truth_ratio"
 # TOFU's model utility components per split (docs/metrics.md#model_utility), used when a suite names none.
 DEFAULT_UTILITY = ("probability", "rouge_l_recall", TRUTH_RATIO_STAT)
 
+# The metric conventions (docs/metrics.md#metric-conventions): fields of EvalConfig that a split may override.
+# The choice-valued ones with their accepted values; `truth_ratio_aggregator: auto` takes closer_to_1 on the
+# forget split and true_better elsewhere.
+CONVENTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "zlib_text": ZLIB_TEXTS,
+    "es_no_match": ES_NO_MATCH,
+    "gradnorm_reduction": GRADNORM_REDUCTIONS,
+    "gradnorm_mode": GRADNORM_MODES,
+    "truth_ratio_aggregator": ("auto", *aggregate.TRUTH_RATIO_AGGREGATORS),
+}
+CONVENTIONS = ("exclude_last_token", "rouge_stemmer", "min_k_fraction", *CONVENTION_CHOICES)
+# The conventions that change a membership score: the members and nonmembers of a comparison need the same.
+_MIA_CONVENTIONS = ("exclude_last_token", "zlib_text", "min_k_fraction", "gradnorm_reduction", "gradnorm_mode")
+
 
 def check_metric_names(names: Sequence[str]) -> None:
     """Raise ValueError naming the first unknown metric and listing the known ones."""
     for name in names:
         get_metric(name)
+
+
+def check_convention(name: str, value: Any, where: str, *, inherit: bool = False) -> None:
+    """Raise ValueError naming the option `name` (of `where`: a config, suite or split) and the values it accepts
+    when `value` is not one of them; with `inherit`, None (take the suite-wide value) is accepted too."""
+    if value is None and inherit:
+        return
+    if name in CONVENTION_CHOICES:
+        accepted, valid = f"one of {CONVENTION_CHOICES[name]}", value in CONVENTION_CHOICES[name]
+    elif name == "min_k_fraction":
+        accepted = "a fraction in (0, 1]"
+        valid = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+    elif name == "rouge_stemmer":
+        # None: each ROUGE metric's own setting (recall with the stemmer, F1 without).
+        accepted, valid = "true, false or null", value is None or isinstance(value, bool)
+    elif name == "exclude_last_token":
+        accepted, valid = "true or false", isinstance(value, bool)
+    else:
+        raise ValueError(f"{name!r} is not a metric convention; the conventions are {CONVENTIONS}.")
+    if not valid:
+        raise ValueError(f"{where}: {name} must be {accepted}, got {value!r}.")
 
 
 @dataclass
@@ -50,6 +100,15 @@ class SplitConfig:
     stop_strings: tuple[str, ...] = ()
     max_answer_tokens: int | None = None  # score and compare only this many answer tokens (MUSE: 128)
     fewshot: tuple[tuple[str, str], ...] = ()  # (question, answer) shots of a `fewshot_qa` split
+    # This split's metric conventions; None: EvalConfig's (docs/metrics.md#metric-conventions).
+    exclude_last_token: bool | None = None
+    rouge_stemmer: bool | None = None
+    min_k_fraction: float | None = None
+    zlib_text: ZlibText | None = None
+    es_no_match: EsNoMatch | None = None
+    gradnorm_reduction: GradnormReduction | None = None
+    gradnorm_mode: GradnormMode | None = None
+    truth_ratio_aggregator: str | None = None
 
     def __post_init__(self) -> None:
         if self.metrics is not None:
@@ -57,6 +116,8 @@ class SplitConfig:
             check_metric_names(self.metrics)
         if self.format not in FORMATS:
             raise ValueError(f"split format {self.format!r} is not known; use one of {FORMATS}.")
+        for name in CONVENTIONS:
+            check_convention(name, getattr(self, name), "SplitConfig", inherit=True)
         self.stop_strings = tuple(self.stop_strings)
         self.fewshot = tuple(tuple(shot) for shot in self.fewshot)
 
@@ -72,6 +133,7 @@ class EvalConfig:
     max_length: int = 512
     prompt_template: str = "auto"
     system_prompt: str | None = None
+    date_string: str | None = None
     splits: dict[str, SplitConfig] = field(default_factory=dict)
     # {"members": split, "nonmembers": split, "scores": [...]}: membership inference (docs/metrics.md#membership-inference).
     mia: dict[str, Any] | None = None
@@ -83,6 +145,16 @@ class EvalConfig:
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # attack name -> parameter overrides
     attack_metrics: tuple[str, ...] = ("probability", "rouge_l_recall")
     seed: int = 0
+    # Metric conventions (docs/metrics.md#metric-conventions), each overridable per split in `splits`. The
+    # defaults are this project's own; eval/tofu.yaml and eval/muse.yaml set the reference framework's.
+    exclude_last_token: bool = False  # EM, ES, Min-K%, Min-K%++ and GradNorm leave out the last target token
+    rouge_stemmer: bool | None = None  # None: each ROUGE metric's own (rouge_l_recall stemmed, rouge_l_f1 not)
+    min_k_fraction: float = 0.4  # k of Min-K% and Min-K%++
+    zlib_text: ZlibText = "text"  # what zlib compresses: the item's whole text, or its answer alone
+    es_no_match: EsNoMatch = "zero"  # ES when not even the last token is reproduced: 0, or 1/|y|
+    gradnorm_reduction: GradnormReduction = "global_l2"  # one L2 norm, or the mean of per-tensor L2 norms
+    gradnorm_mode: GradnormMode = "eval"  # the model's mode during the gradient pass
+    truth_ratio_aggregator: str = "auto"  # truth_ratio_stat: auto, closer_to_1, true_better or prob_mean
 
     def __post_init__(self) -> None:
         self.metrics = tuple(self.metrics)
@@ -95,6 +167,8 @@ class EvalConfig:
         for name in ("batch_size", "max_new_tokens", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be at least 1, got {getattr(self, name)}.")
+        for name in CONVENTIONS:
+            check_convention(name, getattr(self, name), "EvalConfig")
         if self.mia is not None:
             missing = [key for key in ("members", "nonmembers", "scores") if key not in self.mia]
             if missing:
@@ -103,6 +177,14 @@ class EvalConfig:
                     f"'scores': {list(membership.MIA_SCORES)}}}."
                 )
             membership.check_scores(self.mia["scores"])
+            members, nonmembers = (self.conventions(self.mia[role]) for role in ("members", "nonmembers"))
+            differing = [name for name in _MIA_CONVENTIONS if members[name] != nonmembers[name]]
+            if differing:
+                raise ValueError(
+                    f"membership inference compares the scores of the {self.mia['members']!r} and "
+                    f"{self.mia['nonmembers']!r} splits, which set {differing} differently; give both the same "
+                    "values (or set them once for the whole suite)."
+                )
         for name, overrides in self.attacks.items():
             # Bad attack names and parameters fail here, before the main evaluation runs.
             attack_params(name, **overrides)
@@ -125,6 +207,15 @@ class EvalConfig:
                 name for name in membership.metrics_for(self.mia["scores"]) if name not in metrics
             )
         return metrics
+
+    def conventions(self, split: str) -> dict[str, Any]:
+        """The metric conventions `split` is measured with (docs/metrics.md#metric-conventions): the split's own
+        where it sets one, else this config's."""
+        spec = self.split_config(split)
+        return {
+            name: getattr(self, name) if getattr(spec, name) is None else getattr(spec, name)
+            for name in CONVENTIONS
+        }
 
 
 def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -208,15 +299,20 @@ def _split_inputs(
             )
         inputs["generation"] = _timed(timing, "generation_s", lambda: map_items(
             lambda part: generate_greedy(
-                model, tokenizer, [item.prompt for item in part],
+                model, tokenizer, [item.prompt_ids for item in part],
                 max_new_tokens=spec.max_new_tokens or config.max_new_tokens, batch_size=config.batch_size,
                 stop_strings=spec.stop_strings, progress=f"{split}: generate",
             ),
             items,
         ))  # fmt: skip
     if "gradient_norm" in needed:
+        conventions = config.conventions(split)
         inputs["gradient_norm"] = _timed(timing, "gradnorm_s", lambda: map_items(
-            lambda part: gradient_norms(model, [item.encoded() for item in part], progress=f"{split}: gradnorm"),
+            lambda part: gradient_norms(
+                model, [item.encoded() for item in part], progress=f"{split}: gradnorm",
+                exclude_last_token=conventions["exclude_last_token"],
+                reduction=conventions["gradnorm_reduction"], mode=conventions["gradnorm_mode"],
+            ),
             items,
         ))  # fmt: skip
     return inputs
@@ -227,8 +323,13 @@ def _column(dataset: Dataset, name: str) -> list[Any]:
 
 
 def _truth_ratio_stat(split: str, config: EvalConfig, ratios: list[float]) -> dict[str, Any]:
-    """The split's truth-ratio statistic: min(R, 1/R) on the forget split, max(0, 1 - R) elsewhere."""
-    statistic = aggregate.truth_ratio_forget if split == config.forget_split else aggregate.truth_ratio_retain
+    """The split's truth-ratio statistic by its `truth_ratio_aggregator` (docs/metrics.md#truth_ratio_stat):
+    `auto` takes mean min(R, 1/R) (closer_to_1) on the forget split and mean max(0, 1 - R) (true_better)
+    elsewhere."""
+    name = config.conventions(split)["truth_ratio_aggregator"]
+    if name == "auto":
+        name = "closer_to_1" if split == config.forget_split else "true_better"
+    statistic = aggregate.TRUTH_RATIO_AGGREGATORS[name]
     return {"value": statistic(ratios) if ratios else None, "n": len(ratios)}
 
 
@@ -248,7 +349,8 @@ def evaluate_split(
     metrics = [get_metric(name) for name in (metric_names or config.split_metrics(split))]
     items = build_items(
         split, dataset, tokenizer, data_format=spec.format, template=config.prompt_template,
-        system_prompt=config.system_prompt, max_length=config.max_length, fewshot=spec.fewshot,
+        system_prompt=config.system_prompt, date_string=config.date_string, max_length=config.max_length,
+        fewshot=spec.fewshot,
         max_answer_tokens=spec.max_answer_tokens,
     )  # fmt: skip
     if any(name == TRUTH_RATIO for name in (m.name for m in metrics)) and not any(
@@ -259,6 +361,7 @@ def evaluate_split(
             f"metric has nothing to score. Its columns are {dataset.column_names}."
         )
     inputs = _split_inputs(model, tokenizer, split, items, metrics, config, timing)
+    conventions = config.conventions(split)
     subject_ids = _column(dataset, "subject_id")
     questions = _column(dataset, "question" if "question" in dataset.column_names else "prompt")
     records = []
@@ -273,7 +376,7 @@ def evaluate_split(
             "num_answer_tokens": statistics.num_tokens if statistics is not None else len(item.answer_ids),
         }
         for metric in metrics:
-            value = metric.fn(*(inputs[key][index] for key in metric.inputs))
+            value = metric.compute([inputs[key][index] for key in metric.inputs], conventions)
             record[metric.name] = None if value is None else float(value)
         records.append(record)
     aggregates = {
@@ -385,7 +488,8 @@ def _run_attacks(
 
     context = AttackContext(
         model=model, tokenizer=tokenizer, splits=splits, baseline=results, evaluate=remeasure,
-        prompt_template=config.prompt_template, system_prompt=config.system_prompt, max_length=config.max_length,
+        prompt_template=config.prompt_template, system_prompt=config.system_prompt, date_string=config.date_string,
+        max_length=config.max_length,
         forget_split=config.forget_split, retain_split=config.retain_split if config.retain_split in splits else None,
         seed=config.seed,
     )  # fmt: skip
@@ -413,9 +517,16 @@ def evaluate_splits(
         split: evaluate_split(model, tokenizer, split, dataset, config, timing=timing)
         for split, dataset in splits.items()
     }
+    example = None
+    if any(config.split_config(name).format == "qa" for name in splits):
+        example = rendered_example(
+            tokenizer, config.prompt_template, system_prompt=config.system_prompt, date_string=config.date_string
+        )
     result: dict[str, Any] = {
         # Through JSON once so that the result equals what load_eval reads back (tuples become lists).
         "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        # A fixed question and answer as this evaluation tokenizes them, to hold beside the training run's.
+        "prompt_format": json.loads(json.dumps(example)),
         "splits": results,
     }
     mia = None

@@ -4,7 +4,8 @@ table and a JSON record (`llm-unlearn gate` is the command).
 A check is `NAME OP RHS`. NAME is a number of the eval result as `EvalResult.measure` names it: a key of the
 top-level `summary` (`forget_quality`, `privleak`), or `split/metric`, the mean of that split's aggregate
 (`forget/probability`), or `mia/score`, a membership AUC (`mia/min_k`), or `attack/name/split/metric`, a mean
-after a robustness attack (`attack/quantize_4bit/forget/probability`); a summary key wins if a name exists twice.
+after a robustness attack (`attack/quantize_4bit/forget/probability`), or `harness/task/metric`, an
+lm-evaluation-harness score (`harness/mmlu/acc`); a summary key wins if a name exists twice.
 OP is one of `>=`, `<=`, `>`, `<`, `==`. RHS is a number, or `REF`, `k*REF`, `REF+c`, `REF-c` (or `k*REF+c`)
 where REF is `target` or `retain`: the same NAME in the target's or the retain model's eval.json. Values within a
 relative 1e-9 of the threshold count as equal, so `0.9*target` is not missed by floating-point rounding. A value
@@ -25,7 +26,8 @@ from llm_unlearn.evaluation.results import EvalFileError, EvalResult, Measuremen
 REFERENCES = ("target", "retain")
 GRAMMAR = (
     "A check is 'NAME OP RHS': NAME is a summary key (forget_quality), split/metric (forget/probability), "
-    "mia/score (mia/min_k) or attack/name/split/metric (attack/relearn/forget_rest/probability); "
+    "mia/score (mia/min_k), attack/name/split/metric (attack/relearn/forget_rest/probability) or "
+    "harness/task/metric (harness/mmlu/acc); "
     "OP is one of >=, <=, >, <, ==; RHS is a number (0.05) or REF, k*REF, REF+c, REF-c, k*REF+c with REF "
     "'target' or 'retain' (0.9*target, retain-0.1)."
 )

@@ -1,5 +1,7 @@
-"""Batched decoding from already formatted prompts: greedy (for ROUGE and other generation metrics) and
-sampled (for the leak@k attack, docs/attacks.md#sampling).
+"""Batched decoding from tokenized prompts: greedy (for ROUGE and other generation metrics) and sampled (for
+the leak@k attack, docs/attacks.md#sampling). The prompts are token ids, an evaluation item's `prompt_ids`, so
+a completion continues exactly the tokens that teacher-forced scoring reads (with a BOS token where the items
+have one).
 
 Both run one decode loop over a key/value cache: the left-padded prompts of a batch go through the model once
 (the prefill), then each step feeds one token per row. A row leaves the batch as soon as it is finished (it
@@ -264,10 +266,22 @@ def _decode(
     return generated
 
 
+def _check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:
+    # A string would otherwise fail deep in the prefill; a prompt of no tokens has no token to continue from.
+    for index, ids in enumerate(prompt_ids):
+        if isinstance(ids, str):
+            raise ValueError(
+                f"prompt {index} is a string; give each prompt as token ids, tokenized as evaluation items "
+                "are (an EvalItem's prompt_ids)."
+            )
+        if not len(ids):
+            raise ValueError(f"prompt {index} has no tokens; there is nothing to continue.")
+
+
 def _complete(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
     *,
     num_samples: int,
     max_new_tokens: int,
@@ -286,18 +300,17 @@ def _complete(
         )
     pad_token_id = _pad_token_id(tokenizer)
     eos_token_ids = _eos_token_ids(model, tokenizer)
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     # Similar prompt lengths per batch keep left padding short.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]), reverse=True)
-    completions: list[list[str]] = [[""] * num_samples for _ in prompts]
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]), reverse=True)
+    completions: list[list[str]] = [[""] * num_samples for _ in prompt_ids]
     was_training = model.training
     model.eval()
     try:
         with (
             torch.inference_mode(),
-            tqdm(total=len(prompts) * num_samples, desc=progress, disable=progress is None) as bar,
+            tqdm(total=len(prompt_ids) * num_samples, desc=progress, disable=progress is None) as bar,
         ):
-            for batch in batches_of_rows([num_samples] * len(prompts), order, batch_size):
+            for batch in batches_of_rows([num_samples] * len(prompt_ids), order, batch_size):
                 state = prefill_prompts(model, [prompt_ids[index] for index, _ in batch], pad_token_id)
                 rows = [(index, sample) for index, samples in batch for sample in samples]
                 prompt_row = [position for position, (_, samples) in enumerate(batch) for _ in samples]
@@ -324,15 +337,15 @@ def _complete(
 def generate_greedy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     batch_size: int = 16,
     stop_strings: Sequence[str] = (),
     progress: str | None = None,
 ) -> list[str]:
-    """Greedy completions of formatted `prompts` (no special tokens added), each cut at its first stop string
-    and stripped of surrounding whitespace, in input order.
+    """Greedy completions of the tokenized prompts `prompt_ids` (decoded from exactly these tokens, nothing
+    added), each cut at its first stop string and stripped of surrounding whitespace, in input order.
 
     A completion ends at the first eos token (the tokenizer's and those of the model's generation config), at
     `max_new_tokens`, or once its text contains a stop string; the tokens equal those of greedy
@@ -341,12 +354,13 @@ def generate_greedy(
         raise ValueError(
             f"batch_size and max_new_tokens must be at least 1, got {batch_size} and {max_new_tokens}."
         )
-    if not prompts:
+    _check_prompts(prompt_ids)
+    if not prompt_ids:
         return []
     completions = _complete(
         model,
         tokenizer,
-        prompts,
+        prompt_ids,
         num_samples=1,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -367,7 +381,7 @@ def _sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 def generate_samples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
     *,
     num_samples: int,
     max_new_tokens: int,
@@ -378,7 +392,7 @@ def generate_samples(
     seed: int = 0,
     progress: str | None = None,
 ) -> list[list[str]]:
-    """`num_samples` sampled completions of each formatted prompt (temperature, then nucleus top-p filtering),
+    """`num_samples` sampled completions of each tokenized prompt (temperature, then nucleus top-p filtering),
     for the leak@k attack (docs/attacks.md#sampling): does any of k samples at normal temperature leak the
     answer?
 
@@ -403,7 +417,8 @@ def generate_samples(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}; 1 keeps the whole distribution.")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}.")
-    if not prompts:
+    _check_prompts(prompt_ids)
+    if not prompt_ids:
         return []
 
     def make_sampler(rows: list[tuple[int, int]]) -> TokenChooser:
@@ -413,7 +428,7 @@ def generate_samples(
     return _complete(
         model,
         tokenizer,
-        prompts,
+        prompt_ids,
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,

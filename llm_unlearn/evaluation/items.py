@@ -21,7 +21,8 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llm_unlearn.data.benchmarks import muse_fewshot_prompt
-from llm_unlearn.data.formatting import Truncation, format_qa
+from llm_unlearn.data.formatting import Truncation
+from llm_unlearn.data.prompts import PromptFormat, resolve_format
 
 FORMATS = ("qa", "fewshot_qa", "completion", "text")
 _REQUIRED_COLUMNS = {
@@ -38,7 +39,7 @@ class EvalItem:
 
     prompt_ids: list[int]
     answer_ids: list[int]
-    prompt: str | None  # what generation continues; None for `text` items
+    prompt: str | None  # the prompt's text, which generation continues (as `prompt_ids`); None for `text` items
     reference: str  # what a generation is compared with
     text: str  # the item's text without markup (zlib's denominator)
     paraphrased_ids: list[int] | None = None
@@ -101,23 +102,17 @@ def truncation(items: Sequence[EvalItem], max_length: int) -> Truncation:
 
 
 def _qa_items(
-    split: str, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], *, template: str,
-    system_prompt: str | None, max_length: int,
+    split: str, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], *, prompt_format: PromptFormat,
+    max_length: int,
 ) -> list[EvalItem]:  # fmt: skip
-    def tokens(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def completion(question: str, answer: str) -> str:
-        return format_qa(tokenizer, question, answer, template=template, system_prompt=system_prompt)[1]
-
     items = []
     for index, row in enumerate(rows):
         question = row["question"]
         # The prompt depends on the question alone, so every answer continues the same prompt tokens.
-        prompt = format_qa(tokenizer, question, template=template, system_prompt=system_prompt)[0]
-        prompt_ids = tokens(prompt)
+        prompt = prompt_format.render(tokenizer, question)[0]
+        prompt_ids = prompt_format.prompt_ids(tokenizer, question)
         answers = [row["answer"], row.get("paraphrased_answer"), *(row.get("perturbed_answer") or [])]
-        full = [tokens(completion(question, answer)) if answer else None for answer in answers]
+        full = [prompt_format.encode(tokenizer, question, answer)[1] if answer else None for answer in answers]
         answer_ids, paraphrased_ids, *perturbed_ids = [
             _fit(split, index, prompt_ids, ids, max_length) if ids is not None else None for ids in full
         ]
@@ -183,35 +178,42 @@ def build_items(
     data_format: str = "qa",
     template: str = "auto",
     system_prompt: str | None = None,
+    date_string: str | None = None,
     max_length: int = 512,
     fewshot: Sequence[tuple[str, str]] = (),
     max_answer_tokens: int | None = None,
 ) -> list[EvalItem]:
-    """The items of `dataset` in `data_format` (see the module docstring); `fewshot` holds the (question, answer)
-    shots of a `fewshot_qa` split; `max_answer_tokens` cuts each answer, and the text generations are compared
-    with, to that many tokens (MUSE scores verbatim continuations against the first 128 tokens)."""
+    """The items of `dataset` in `data_format` (see the module docstring), `qa` items in the prompt format
+    `template` names (`llm_unlearn.data.prompts`); `fewshot` holds the (question, answer) shots of a `fewshot_qa`
+    split; `max_answer_tokens` cuts each answer, and the text generations are compared with, to that many tokens
+    counting the special tokens the tokenizer adds to a text (MUSE scores verbatim continuations against the first
+    128 tokens of the continuation encoded on its own, BOS included)."""
     items = _build_items(
-        split, dataset, tokenizer, data_format=data_format, template=template, system_prompt=system_prompt,
-        max_length=max_length, fewshot=fewshot,
+        split, dataset, tokenizer, data_format=data_format, max_length=max_length, fewshot=fewshot,
+        prompt_format=resolve_format(tokenizer, template, system_prompt=system_prompt, date_string=date_string)
+        if data_format == "qa" else None,
     )  # fmt: skip
     if max_answer_tokens is not None:
+        special = set(tokenizer.all_special_ids)
         for item in items:
-            if len(item.answer_ids) > max_answer_tokens:
-                item.answer_ids = item.answer_ids[:max_answer_tokens]
+            # MUSE counts the reference's tokens as the tokenizer encodes the text on its own, special tokens (BOS)
+            # included: on a tokenizer that adds BOS, 128 tokens hold 127 of the text.
+            counted = tokenizer(item.reference, add_special_tokens=True)["input_ids"][:max_answer_tokens]
+            kept = sum(token not in special for token in counted)
+            if kept < len(item.answer_ids):
+                item.answer_ids = item.answer_ids[:kept]
                 item.reference = tokenizer.decode(item.answer_ids, skip_special_tokens=True)
     return items
 
 
 def _build_items(
-    split: str, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, *, data_format: str, template: str,
-    system_prompt: str | None, max_length: int, fewshot: Sequence[tuple[str, str]],
+    split: str, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, *, data_format: str,
+    prompt_format: PromptFormat | None, max_length: int, fewshot: Sequence[tuple[str, str]],
 ) -> list[EvalItem]:  # fmt: skip
     check_columns(split, dataset, data_format)
     rows = dataset.to_list()
-    if data_format == "qa":
-        return _qa_items(
-            split, tokenizer, rows, template=template, system_prompt=system_prompt, max_length=max_length
-        )
+    if prompt_format is not None:
+        return _qa_items(split, tokenizer, rows, prompt_format=prompt_format, max_length=max_length)
     if data_format == "text":
         return _text_items(split, tokenizer, [row["text"] for row in rows], max_length)
     answers = [row["answer"] for row in rows]

@@ -257,6 +257,50 @@ def _split_sections(runs: Sequence[Run]) -> list[Block]:
     return [Heading(2, "Metrics per split"), *blocks] if blocks else []
 
 
+def _harness_rows(runs: Sequence[Run], tasks: Iterable[str]) -> list[list[Cell]]:
+    """One row per task/metric with each run's score."""
+    return [
+        [Code(f"{task}/{metric}"), *(_cell(run.eval.harness_metrics(task).get(metric)) for run in runs)]
+        for task in tasks
+        for metric in _in_order(run.eval.harness_metrics(task) for run in runs)
+    ]
+
+
+def _harness_section(runs: Sequence[Run]) -> list[Block]:
+    with_harness = [run for run in runs if run.eval.harness_tasks()]
+    if not with_harness:
+        return []
+    labels = [run.label for run in with_harness]
+    requested = _in_order(run.eval.harness_requested() for run in with_harness)
+    reported = _in_order(run.eval.harness_tasks() for run in with_harness)
+    rest = [task for task in reported if task not in requested]
+    settings = {}
+    for run in with_harness:
+        section = run.eval["harness"]
+        recorded = {"lm_eval": section.get("lm_eval_version"), **section.get("args", {})}
+        settings[run.label] = json.dumps(recorded)
+    blocks: list[Block] = [
+        Heading(2, "Benchmarks (lm-evaluation-harness)"),
+        Paragraph(
+            (
+                "Each metric of the suite's lm-eval tasks as lm-eval computes it, with its standard error and the "
+                "number of items n; the gate reads them as ",
+                Code("harness/TASK/METRIC"),
+                ".",
+            )
+        ),
+    ]
+    if len(set(settings.values())) == 1:
+        blocks.append(Paragraph(("Settings: ", Code(next(iter(settings.values()))))))
+    else:
+        blocks += [Paragraph((f"{label} settings: ", Code(text))) for label, text in settings.items()]
+    blocks.append(Table(["task/metric", *labels], _harness_rows(with_harness, requested)))
+    if rest:
+        summary = f"{len(rest)} subtasks and groups of the requested tasks"
+        blocks.append(Details(summary, Table(["task/metric", *labels], _harness_rows(with_harness, rest))))
+    return blocks
+
+
 def _mia_section(runs: Sequence[Run]) -> list[Block]:
     with_mia = [run for run in runs if run.eval.mia_splits is not None]
     if not with_mia:
@@ -421,6 +465,7 @@ def build_report(runs: Sequence[Run], title: str) -> list[Block]:
         _utility_forget_section,
         _truth_ratio_section,
         _split_sections,
+        _harness_section,
         _mia_section,
         _attack_section,
         _gate_section,

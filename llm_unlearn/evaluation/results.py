@@ -15,6 +15,13 @@ The format, as `evaluate_splits` writes it, with the run's fields that `llm-unle
   without membership inference.
 - `attacks`: `{name: {"description", "params", "splits": {split: {metric: aggregate}}, "baseline": {...}, ...}}`,
   the aggregates after the attack and, in `baseline`, before it on the same items.
+- `prompt_format`: a fixed question and answer as the evaluation tokenized them (`PromptFormat.example`), null without QA
+  splits.
+- `harness`: lm-evaluation-harness results (`llm_unlearn.evaluation.harness`), `{"lm_eval_version", "requested":
+  [task named by the suite], "args": {num_fewshot, limit, batch_size, include_path, include_defaults}, "n_shot":
+  {task: shots}, "tasks": {task: {metric: {"value", "stderr", "n"}}}}`, every task and group lm-eval reported (a
+  group's subtasks too), `value` and `stderr` null where lm-eval gave no number; absent when the suite names no
+  `lm_eval_tasks`.
 - `config` (the EvalConfig), `timing`, and from the command `suite`, `model`, `artifacts`, `reference_eval`,
   `num_processes` and `wall_time_s`.
 """
@@ -80,6 +87,20 @@ class MembershipAuc(Measurement):
 
     n_members: int | None = None
     n_nonmembers: int | None = None
+
+
+@dataclass(frozen=True)
+class HarnessScore(Measurement):
+    """A metric of an lm-evaluation-harness task with the standard error lm-eval computed for it."""
+
+    stderr: float | None = None
+
+    def text(self, digits: int = 3, count: str = " n={}") -> str:
+        """'value ± stderr n=N' with what is recorded, each number to `digits` significant digits."""
+        text = super().text(digits, count="")
+        if self.stderr is not None and math.isfinite(self.stderr):
+            text += f" ± {self.stderr:.{digits}g}"
+        return text if self.n is None else text + count.format(self.n)
 
 
 @dataclass(frozen=True)
@@ -218,12 +239,41 @@ def _read_attacks(document: Mapping[str, Any], source: str) -> dict[str, AttackR
     return results
 
 
+def _read_harness(
+    document: Mapping[str, Any], source: str
+) -> tuple[list[str], dict[str, dict[str, HarnessScore]]]:
+    """The lm-eval tasks the suite named and every reported task's metrics; ([], {}) without a `harness` section."""
+    harness = document.get("harness")
+    if harness is None:
+        return [], {}
+    harness = _object(harness, "harness", source, "an object with 'tasks'")
+    tasks = _object(harness.get("tasks", {}), "harness.tasks", source, "an object of lm-eval tasks")
+    scores = {}
+    for task, metrics in tasks.items():
+        metrics = _object(metrics, f"harness.tasks.{task}", source, "an object of metrics")
+        scores[task] = {}
+        for metric, entry in metrics.items():
+            where = f"harness.tasks.{task}.{metric}"
+            entry = _object(entry, where, source, "an object with a 'value' and a 'stderr'")
+            stderr = entry.get("stderr")
+            if stderr is not None and not _is_number(stderr):
+                raise EvalFileError(f"{source}: {where}.stderr is {stderr!r}; expected a number or null.")
+            scores[task][metric] = _measurement(
+                entry, "value", f"{where}.value", source, HarnessScore,
+                stderr=None if stderr is None else float(stderr),
+            )  # fmt: skip
+    requested = harness.get("requested", [])
+    if not isinstance(requested, list):
+        raise EvalFileError(f"{source}: harness.requested is {requested!r}; expected a list of task names.")
+    return [str(task) for task in requested], scores
+
+
 class EvalResult(Mapping[str, Any]):
     """An eval result as the evaluator writes it: its numbers by name, checked and typed, and read-only access to
     the JSON document itself (per-item records, config) as a mapping. Numbers are named as `llm-unlearn gate`
     checks them: a summary key (`forget_quality`), `split/metric` (`forget/probability`), `mia/score`
-    (`mia/min_k`) and `attack/name/split/metric` (`attack/quantize_4bit/forget/probability`); a summary key wins
-    a name clash."""
+    (`mia/min_k`), `attack/name/split/metric` (`attack/quantize_4bit/forget/probability`) and
+    `harness/task/metric` (`harness/mmlu/acc`); a summary key wins a name clash."""
 
     def __init__(self, document: Mapping[str, Any], source: str = "the eval result") -> None:
         """Check `document` and keep a copy of it; `source` names it in error messages (its path, when read)."""
@@ -236,6 +286,7 @@ class EvalResult(Mapping[str, Any]):
         self._summary = _read_summary(self._document, source)
         self._mia_splits, self._mia = _read_mia(self._document, source)
         self._attacks = _read_attacks(self._document, source)
+        self._harness_requested, self._harness = _read_harness(self._document, source)
         self._by_name: dict[str, Measurement] = dict(self._summary)
         others = [
             *(
@@ -249,6 +300,11 @@ class EvalResult(Mapping[str, Any]):
                 for name, attack in self._attacks.items()
                 for split, metrics in attack.attacked.items()
                 for metric, m in metrics.items()
+            ),
+            *(
+                (f"harness/{task}/{metric}", score)
+                for task, scores in self._harness.items()
+                for metric, score in scores.items()
             ),
         ]
         for name, measurement in others:
@@ -361,11 +417,25 @@ class EvalResult(Mapping[str, Any]):
         """Each robustness attack that was run, by name."""
         return dict(self._attacks)
 
+    # lm-evaluation-harness.
+
+    def harness_requested(self) -> list[str]:
+        """The lm-eval tasks the suite named (`lm_eval_tasks`), in its order; none without harness results."""
+        return list(self._harness_requested)
+
+    def harness_tasks(self) -> list[str]:
+        """Every lm-eval task and group with results: the requested ones first, then their subtasks."""
+        return list(self._harness)
+
+    def harness_metrics(self, task: str) -> dict[str, HarnessScore]:
+        """The metrics of lm-eval task `task` (value, stderr, n), by name; empty when it has no results."""
+        return dict(self._harness.get(task, {}))
+
     # Numbers by name.
 
     def names(self) -> list[str]:
-        """Every name `measure` takes: summary keys first, then `split/metric`, `mia/score` and
-        `attack/name/split/metric`."""
+        """Every name `measure` takes: summary keys first, then `split/metric`, `mia/score`,
+        `attack/name/split/metric` and `harness/task/metric`."""
         return list(self._by_name)
 
     def measure(self, name: str) -> Measurement:
@@ -373,14 +443,21 @@ class EvalResult(Mapping[str, Any]):
         return self._by_name[name]
 
     def row(self) -> dict[str, float]:
-        """One flat row of this result: `split/metric` values, `mia/score` AUCs and `suite/name` summary values,
-        NaN for what was not computed."""
+        """One flat row of this result: `split/metric` values, `mia/score` AUCs, `harness/task/metric` scores and
+        `suite/name` summary values, NaN for what was not computed."""
         row = {
             f"{split}/{metric}": measurement.value
             for split, metrics in self._splits.items()
             for metric, measurement in metrics.items()
         }
         row.update({f"mia/{score}": auc.value for score, auc in self._mia.items()})
+        row.update(
+            {
+                f"harness/{task}/{metric}": score.value
+                for task, scores in self._harness.items()
+                for metric, score in scores.items()
+            }
+        )
         row.update({f"suite/{name}": measurement.value for name, measurement in self._summary.items()})
         return row
 
@@ -537,6 +614,36 @@ class EvalResultBuilder:
             "description": description, "params": dict(params or {}), **fields,
             "splits": section(attacked), "baseline": section(baseline),
         }  # fmt: skip
+        return self
+
+    def harness(
+        self,
+        tasks: Mapping[str, Mapping[str, float | HarnessScore | None]],
+        *,
+        requested: Sequence[str] | None = None,
+        n: int | None = None,
+        **fields: Any,
+    ) -> EvalResultBuilder:
+        """Add lm-evaluation-harness results, `{task: {metric: score}}` (a number is a value over `n` items with no
+        stderr), the tasks the suite named (default: all of `tasks`) and the section's other fields (args,
+        n_shot, lm_eval_version)."""
+
+        def entry(value: float | HarnessScore | None) -> dict[str, Any]:
+            if isinstance(value, HarnessScore):
+                score = value
+            else:
+                score = HarnessScore(math.nan if value is None else value)
+            return {
+                "value": score.value if score.computed else None,
+                "stderr": score.stderr,
+                "n": n if score.n is None else score.n,
+            }
+
+        scores = {
+            task: {metric: entry(value) for metric, value in metrics.items()} for task, metrics in tasks.items()
+        }
+        requested = list(tasks if requested is None else requested)
+        self._document["harness"] = {"requested": requested, **fields, "tasks": scores}
         return self
 
     def build(self) -> EvalResult:

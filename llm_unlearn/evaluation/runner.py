@@ -8,18 +8,22 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.evaluation.evaluator import check_reference, evaluate_splits
+from llm_unlearn.evaluation.harness import HarnessConfig, run_harness, task_manager
 from llm_unlearn.evaluation.report import check_report_output, write_report
 from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
 from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.files import check_writable_dir
 from llm_unlearn.manifest import read_record
 from llm_unlearn.models import ModelArguments, load_model_and_tokenizer
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 EVAL_FILE = "eval.json"
 
@@ -32,9 +36,32 @@ def evaluate(
     reference: EvalResult | None = None,
 ) -> dict[str, Any]:
     """Score `model` on every split of `suite`: per-item values, aggregates, membership inference, model
-    utility, forget quality against `reference` (the retain model's eval) and the suite's attacks."""
+    utility, forget quality against `reference` (the retain model's eval), the suite's attacks and its
+    lm-evaluation-harness tasks."""
+    harness = suite.harness_config()
+    # An unknown task name fails here, not after the splits are scored.
+    manager = task_manager(harness) if harness is not None else None
     datasets, config = suite.load()
-    return evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+    result = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+    if harness is not None:
+        _add_harness(result, model, tokenizer, harness, manager)
+    return result
+
+
+def _add_harness(
+    result: dict[str, Any],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    harness: HarnessConfig,
+    manager: TaskManager | None = None,
+) -> None:
+    """Run the suite's lm-eval tasks on `model` and add their results (on lm-eval's main process) and timing to
+    `result`; `manager` is the task index when it was built already."""
+    started = time.perf_counter()
+    section = run_harness(model, tokenizer, harness, manager)
+    result["timing"]["harness_s"] = time.perf_counter() - started
+    if section is not None:
+        result["harness"] = section
 
 
 def evaluate_model(
@@ -46,8 +73,8 @@ def evaluate_model(
 ) -> Path:
     """Evaluate the model `model_args` names (at its revision, dtype and trust_remote_code) with `suite` (against
     its `reference_eval`) and write `output_dir/eval.json` (and, with the suite's `report`, the report beside
-    it); returns its path. Under `accelerate launch` every process evaluates a share of the items and the main
-    process writes."""
+    it); returns its path. Under `accelerate launch` every process evaluates a share of the items (and the whole
+    of the suite's lm-eval tasks) and the main process writes."""
     # PartialState, unlike the Trainer's arguments, does not read ACCELERATE_USE_CPU itself: without it a CPU
     # run under torchrun would see one process and let every rank write. The true values are those accelerate
     # accepts for its env flags (accelerate.utils.str_to_bool).
@@ -70,6 +97,9 @@ def evaluate_model(
     datasets, config = suite.load()
     if reference is not None:
         check_reference(config, list(datasets), reference, reference_eval)
+    harness = suite.harness_config()
+    # lm-eval's task index is built, and every task name checked, before the model loads.
+    manager = task_manager(harness) if harness is not None else None
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         dtype=model_args.dtype or "float32",
@@ -78,6 +108,10 @@ def evaluate_model(
     )
     model.to(state.device)
     result = evaluate_splits(model, tokenizer, datasets, config, reference=reference)
+    if harness is not None:
+        # Every process runs every task on its own copy of the model: lm-eval shares its work among processes
+        # only for a model it loads itself, and a process idling at a barrier for a whole benchmark would time out.
+        _add_harness(result, model, tokenizer, harness, manager)
     result.update(
         suite=suite.suite,
         model=model_args.model_name_or_path,

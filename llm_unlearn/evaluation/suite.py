@@ -17,14 +17,23 @@ from llm_unlearn.config_files import load_arguments
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.data.benchmarks import load_benchmark
 from llm_unlearn.evaluation.attacks import ATTACKS
-from llm_unlearn.evaluation.evaluator import EvalConfig, SplitConfig
+from llm_unlearn.evaluation.evaluator import (
+    CONVENTION_CHOICES,
+    CONVENTIONS,
+    EvalConfig,
+    SplitConfig,
+    check_convention,
+)
+from llm_unlearn.evaluation.harness import HarnessConfig, check_installed
 
 # Splits that come from the data arguments' forget / retain / holdout selection; any other split names its
 # data in `split_options`.
 SELECTION_SPLITS = ("forget", "retain", "holdout")
 # Keys of a `split_options` entry that say where its data comes from; the rest are `SplitConfig` fields.
 DATA_KEYS = ("data", "benchmark", "config", "split", "fewshot", "max_items")
-_SPLIT_CONFIG_KEYS = ("metrics", "format", "max_new_tokens", "stop_strings", "max_answer_tokens")
+_SPLIT_CONFIG_KEYS = ("metrics", "format", "max_new_tokens", "stop_strings", "max_answer_tokens", *CONVENTIONS)
+# The evaluator's defaults, which the suite's metric conventions share.
+_EVAL_DEFAULTS = {item.name: item.default for item in dataclasses.fields(EvalConfig)}
 
 
 def _mapping(value: Any, name: str) -> dict[str, Any]:
@@ -57,7 +66,8 @@ class Suite(DataArguments):
         default=None,
         metadata={
             "help": "Per split: where its data comes from (data, benchmark, config, split, fewshot) and how it "
-            "is evaluated (metrics, format, max_new_tokens, stop_strings, max_answer_tokens)."
+            "is evaluated (metrics, format, max_new_tokens, stop_strings, max_answer_tokens, and any metric "
+            "convention below)."
         },
     )
     benchmark_source: str | None = field(
@@ -95,6 +105,19 @@ class Suite(DataArguments):
         default_factory=lambda: ["probability", "rouge_l_recall"],
         metadata={"help": "Metrics an attack re-measures."},
     )
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "lm-evaluation-harness tasks to run on the model (mmlu, wmdp_bio, a custom task; needs the "
+            "harness extra); none runs none."
+        },
+    )
+    lm_eval_args: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "lm-eval's settings: {num_fewshot, limit, batch_size, include_path, include_defaults}."
+        },
+    )
     batch_size: int = 16
     max_new_tokens: int = field(
         default=200, metadata={"help": "Greedy generation length for ROUGE (TOFU: 200)."}
@@ -108,6 +131,41 @@ class Suite(DataArguments):
         metadata={"help": "The retain model's eval.json, for forget quality, PrivLeak and the reference MIA."},
     )
     report: bool = field(default=True, metadata={"help": "Write report.md and report.html beside eval.json."})
+    # Metric conventions (docs/metrics.md#metric-conventions); a split may override each in split_options.
+    exclude_last_token: bool = field(
+        default=_EVAL_DEFAULTS["exclude_last_token"],
+        metadata={
+            "help": "Leave the last target token (end-of-turn / EOS) out of exact_memorization, "
+            "extraction_strength, min_k, min_k_plus_plus and gradnorm."
+        },
+    )
+    rouge_stemmer: bool | None = field(
+        default=_EVAL_DEFAULTS["rouge_stemmer"],
+        metadata={"help": "ROUGE with the Porter stemmer; unset: rouge_l_recall stemmed, rouge_l_f1 not."},
+    )
+    min_k_fraction: float = field(
+        default=_EVAL_DEFAULTS["min_k_fraction"], metadata={"help": "k of min_k and min_k_plus_plus, in (0, 1]."}
+    )
+    zlib_text: str = field(
+        default=_EVAL_DEFAULTS["zlib_text"],
+        metadata={"help": f"What zlib compresses, one of {CONVENTION_CHOICES['zlib_text']}."},
+    )
+    es_no_match: str = field(
+        default=_EVAL_DEFAULTS["es_no_match"],
+        metadata={"help": f"ES with no matching suffix, one of {CONVENTION_CHOICES['es_no_match']}."},
+    )
+    gradnorm_reduction: str = field(
+        default=_EVAL_DEFAULTS["gradnorm_reduction"],
+        metadata={"help": f"GradNorm's reduction, one of {CONVENTION_CHOICES['gradnorm_reduction']}."},
+    )
+    gradnorm_mode: str = field(
+        default=_EVAL_DEFAULTS["gradnorm_mode"],
+        metadata={"help": f"The model's mode for GradNorm, one of {CONVENTION_CHOICES['gradnorm_mode']}."},
+    )
+    truth_ratio_aggregator: str = field(
+        default=_EVAL_DEFAULTS["truth_ratio_aggregator"],
+        metadata={"help": f"truth_ratio_stat, one of {CONVENTION_CHOICES['truth_ratio_aggregator']}."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,6 +187,10 @@ class Suite(DataArguments):
                 raise ValueError(
                     f"split_options[{name!r}] has unknown keys {unknown}; accepted: {[*DATA_KEYS, *_SPLIT_CONFIG_KEYS]}."
                 )
+            for option in CONVENTIONS:
+                check_convention(option, options.get(option), f"split_options[{name!r}]", inherit=True)
+        for option in CONVENTIONS:
+            check_convention(option, getattr(self, option), "suite")
         # Settings of a known attack that is not run are kept (a suite may name several and the command line
         # pick fewer); a name that is no attack at all is a typo.
         unknown = sorted(set(self.attack_args) - set(ATTACKS))
@@ -136,6 +198,12 @@ class Suite(DataArguments):
             raise ValueError(
                 f"attack_args names unknown attacks {unknown}; known attacks are {sorted(ATTACKS)}."
             )
+        self.lm_eval_args = _mapping(self.lm_eval_args, "lm_eval_args")
+        if self.lm_eval_tasks == ["none"]:
+            self.lm_eval_tasks = []
+        # Here, before any model or data loads: a bad lm_eval_args entry, or tasks without lm-eval installed.
+        if self.harness_config() is not None:
+            check_installed()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Suite:
@@ -143,6 +211,11 @@ class Suite(DataArguments):
         do on the command line)."""
         (suite,) = load_arguments((cls,), path, **overrides)
         return suite
+
+    def harness_config(self) -> HarnessConfig | None:
+        """The lm-eval tasks and their settings (`lm_eval_args`, checked); None when the suite names no task."""
+        harness = HarnessConfig.from_args(self.lm_eval_tasks, self.lm_eval_args, self.batch_size)
+        return harness if harness.tasks else None
 
     def without_attacks(self) -> Suite:
         """This suite with no robustness attack (for a model that has forgotten nothing an attack could bring
@@ -175,6 +248,7 @@ class Suite(DataArguments):
             max_length=self.max_length,
             prompt_template=self.prompt_template,
             system_prompt=self.system_prompt,
+            date_string=self.date_string,
             splits=splits,
             mia=self.mia,
             privleak_score=self.privleak_score,
@@ -184,6 +258,7 @@ class Suite(DataArguments):
             attacks={name: self.attack_args.get(name, {}) for name in self.attacks},
             attack_metrics=tuple(self.attack_metrics),
             seed=self.seed,
+            **{option: getattr(self, option) for option in CONVENTIONS},
         )
 
     def _load(self, name: str, options: dict[str, Any]) -> Dataset:

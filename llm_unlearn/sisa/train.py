@@ -342,6 +342,7 @@ def train(
         "num_processes": 1,
         "data": {"train": describe_data(data)},
         "truncation": {"train": truncation.to_dict()},
+        "prompt_format": data_args.prompt_example(tokenizer, data),
         "script_args": {**jsonable(data_args), "num_shards": num_shards, "num_slices": num_slices},
         "training_args": training_args,
         "model_args": model_args,

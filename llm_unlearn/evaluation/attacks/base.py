@@ -33,6 +33,7 @@ class AttackContext:
     evaluate: Evaluate
     prompt_template: str = "auto"
     system_prompt: str | None = None
+    date_string: str | None = None
     max_length: int = 512
     forget_split: str = "forget"
     retain_split: str | None = "retain"

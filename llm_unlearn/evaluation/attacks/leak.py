@@ -10,7 +10,6 @@ same attack on the retain model's eval for the level a model that never saw the 
 
 from __future__ import annotations
 
-from llm_unlearn.data.formatting import format_qa
 from llm_unlearn.evaluation.aggregate import summarize_with_ci
 from llm_unlearn.evaluation.attacks.base import (
     AttackContext,
@@ -19,6 +18,7 @@ from llm_unlearn.evaluation.attacks.base import (
     summarize_items,
 )
 from llm_unlearn.evaluation.generation import generate_samples
+from llm_unlearn.evaluation.items import build_items
 from llm_unlearn.evaluation.metrics import rouge_l_recall
 
 
@@ -47,16 +47,21 @@ def leak_at_k(
         raise ValueError(f"threshold is a ROUGE-L recall in (0, 1], got {threshold}.")
     split = context.forget_split
     forget = context.split(split)
-    prompts = [
-        format_qa(
-            context.tokenizer, question, template=context.prompt_template, system_prompt=context.system_prompt
-        )[0]
-        for question in forget["question"]
-    ]
+    # The prompt tokens of the eval's QA items: the samples continue the tokens that scoring and greedy decoding
+    # of those items read.
+    items = build_items(
+        split,
+        forget,
+        context.tokenizer,
+        template=context.prompt_template,
+        system_prompt=context.system_prompt,
+        date_string=context.date_string,
+        max_length=context.max_length,
+    )
     samples = generate_samples(
         context.model,
         context.tokenizer,
-        prompts,
+        [item.prompt_ids for item in items],
         num_samples=k,
         max_new_tokens=max_new_tokens,
         temperature=temperature,

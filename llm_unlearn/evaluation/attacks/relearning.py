@@ -101,6 +101,7 @@ def relearn(
             answer,
             template=context.prompt_template,
             system_prompt=context.system_prompt,
+            date_string=context.date_string,
             max_length=context.max_length,
         )
         for question, answer in zip(relearn_items["question"], relearn_items["answer"], strict=True)
