@@ -9,7 +9,7 @@ from transformers import set_seed
 
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.evaluation.callback import UnlearningEvalCallback
-from llm_unlearn.evaluation.evaluator import check_reference
+from llm_unlearn.evaluation.evaluator import check_reference, forget_questions
 from llm_unlearn.evaluation.results import load_eval
 from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.models import ModelArguments, load_from_args
@@ -41,7 +41,10 @@ def unlearn(
         splits, eval_config = suite.load()
         if suite.reference_eval is not None:
             reference = load_eval(suite.reference_eval)
-            check_reference(eval_config, list(splits), reference, suite.reference_eval)
+            check_reference(
+                eval_config, list(splits), reference, suite.reference_eval,
+                forget_questions(splits, eval_config.forget_split),
+            )  # fmt: skip
     with staged_output(output_dir, overwrite) as staging:
         training_args.output_dir = str(staging)
         set_seed(training_args.seed)

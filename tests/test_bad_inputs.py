@@ -38,6 +38,8 @@ def write_inputs(tmp: Path) -> None:
     (tmp / "run.json").write_text('{"recipe": "unlearn"}\n')
     no_ratios = EvalResultBuilder().split("forget", {"probability": 0.5}, items=[{"probability": 0.5}]).build()
     save_eval(no_ratios, tmp / "no_ratios_eval.json")
+    other_items = EvalResultBuilder().split("forget", items=[{"question": "Who is Q?", "truth_ratio": 0.5}]).build()
+    save_eval(other_items, tmp / "other_items_eval.json")
     plain = {"dataset": "builtin", "forget_subjects": ["person-0000"], "splits": ["forget"], "metrics": ["probability"]}
     (tmp / "plain_suite.yaml").write_text(yaml.safe_dump(plain))
     watched = {**yaml.safe_load(Path(SUITE).read_text()), "reference_eval": str(tmp / "no_ratios_eval.json")}
@@ -85,6 +87,12 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["unlearn", "--config", GRADDIFF, *out, "--eval_every_steps", "1", "--eval_config",
              str(tmp / "watch_suite.yaml")],
             f"the reference eval {tmp / 'no_ratios_eval.json'} has no per-item truth ratios on the 'forget' split",
+        ),
+        "a reference eval of other forget items": (
+            ["eval", "--config", SUITE, "--model_name_or_path", "embedded", *out, "--reference_eval",
+             str(tmp / "other_items_eval.json")],
+            "forget quality compares the same 'forget' items, but this evaluation has 16 and the reference eval 1; "
+            "evaluate both with the same suite, data and max_items.",
         ),
         "a negative learning rate": (
             ["unlearn", "--config", GRADDIFF, *out, "--learning_rate", "-0.0001"], "learning_rate must be positive"

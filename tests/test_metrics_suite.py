@@ -474,3 +474,19 @@ def test_evaluator_serves_all_logit_metrics_from_one_forward_pass(tiny_model, ti
     expected_zlib = item["loss"] / len(zlib_module.compress(b"Where was Ada born? In London."))
     assert item["zlib"] == pytest.approx(expected_zlib, rel=1e-6)
     assert all(np.isfinite(item[name]) for name in metrics)
+
+
+def test_privleak_without_a_reference_eval_takes_the_published_retrained_auc_and_says_so():
+    """MUSE's own code compares with the published retrained AUC (News 0.4772, MUSE orientation) when no retrained
+    model was evaluated; the summary does the same when the suite names it, and labels the value."""
+    from llm_unlearn.evaluation.membership import privleak_summary
+
+    mia = {"members": "f", "nonmembers": "h", "scores": {"min_k": {"auc": 0.9}}}
+    summary = privleak_summary(mia, None, "min_k", published_auc=0.4772)
+    assert summary["reference"] == "published"
+    assert summary["reference_auc"] == pytest.approx(1 - 0.4772)
+    # roc_auc 0.9 is 0.1 in MUSE's orientation: (0.1 - 0.4772) / 0.4772 * 100.
+    assert summary["value"] == pytest.approx((0.1 - 0.4772) / 0.4772 * 100)
+    assert privleak_summary(mia, None, "min_k")["reason"].startswith("no reference eval given")
+    with_reference = {"mia": {"members": "f", "nonmembers": "h", "scores": {"min_k": {"auc": 0.5}}}}
+    assert privleak_summary(mia, with_reference, "min_k", published_auc=0.4772)["reference"] == "reference eval"

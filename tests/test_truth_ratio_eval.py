@@ -107,7 +107,12 @@ def test_forget_quality_against_a_reference_eval(tiny_model, tiny_tokenizer, tmp
     }
     # The same model's eval as reference: identical ratios, so the KS p-value is 1.
     again = evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=EvalResult(result))
-    assert again["summary"]["forget_quality"] == {"value": 1.0, "n": 2}
+    assert again["summary"]["forget_quality"] == {"value": 1.0, "ks_statistic": 0.0, "n": 2}
+    # The reference must have scored the same items: the same questions, in the same order.
+    other = copy.deepcopy(result)
+    other["splits"]["forget"]["items"][1]["question"] = "Who is somebody else?"
+    with pytest.raises(ValueError, match=r"the same 'forget' items, but item 1 differs: .* 'Who is somebody else\?' in"):
+        evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=EvalResult(other))
 
     fewer = copy.deepcopy(result)
     fewer["splits"]["forget"]["items"][0]["truth_ratio"] = None
@@ -212,3 +217,12 @@ def test_eval_recipe_reads_reference_eval(tiny_model, tiny_tokenizer, tmp_path, 
     )
     with pytest.raises(FileNotFoundError, match=f"--reference_eval {missing} does not exist"):
         evaluate.main(*parsed)
+
+
+def test_the_ks_statistic_is_stored_beside_the_p_value():
+    """D, the largest gap between the two empirical distributions: 1 for disjoint samples, 0.5 for half overlap."""
+    from llm_unlearn.evaluation.aggregate import ks_test
+
+    assert ks_test([0.1, 0.2], [0.3, 0.4])[1] == pytest.approx(1.0)
+    assert ks_test([0.1, 0.2, 0.3, 0.4], [0.3, 0.4, 0.5, 0.6])[1] == pytest.approx(0.5)
+    assert ks_test([0.1, 0.2], [0.1, 0.2]) == (1.0, 0.0)

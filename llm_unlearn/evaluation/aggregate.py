@@ -108,6 +108,12 @@ def forget_quality(unlearned_ratios: Values, retain_ratios: Values) -> float:
     """Forget quality: p-value of the two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) between the
     per-item truth ratios of the unlearned model and of the retain model (TOFU, Maini et al. 2024; docs/metrics.md#forget_quality
     section 2). Both are measured on the same forget items, so the lengths must match; 1.0 for equal samples."""
+    return ks_test(unlearned_ratios, retain_ratios)[0]
+
+
+def ks_test(unlearned_ratios: Values, retain_ratios: Values) -> tuple[float, float]:
+    """Forget quality's two-sample Kolmogorov-Smirnov test: its p-value and its statistic D, the largest gap between
+    the two empirical distributions (D is comparable across set sizes, where the p-value is not)."""
     unlearned = _as_1d(unlearned_ratios, "unlearned_ratios")
     retain = _as_1d(retain_ratios, "retain_ratios")
     if unlearned.size != retain.size:
@@ -115,7 +121,8 @@ def forget_quality(unlearned_ratios: Values, retain_ratios: Values) -> float:
             f"forget quality compares the truth ratios of the same forget items under both models, but got "
             f"{unlearned.size} unlearned and {retain.size} retain values."
         )
-    return float(stats.ks_2samp(unlearned, retain).pvalue)
+    result = stats.ks_2samp(unlearned, retain)
+    return float(result.pvalue), float(result.statistic)
 
 
 def model_utility(values: Mapping[str, float]) -> float:

@@ -138,6 +138,8 @@ class EvalConfig:
     # {"members": split, "nonmembers": split, "scores": [...]}: membership inference (docs/metrics.md#membership-inference).
     mia: dict[str, Any] | None = None
     privleak_score: str = "min_k"  # MUSE's Min-40%
+    # PrivLeak's reference AUC when no reference eval is given: a published retrained model's (MUSE's own code).
+    privleak_published_auc: float | None = None
     # Model utility's components: split -> aggregate names; None: DEFAULT_UTILITY on every non-forget split.
     utility: dict[str, list[str]] | None = None
     forget_split: str = "forget"
@@ -405,10 +407,17 @@ def _forget_ratios(items: Sequence[Mapping[str, Any]], split: str, owner: str) -
     return [item[TRUTH_RATIO] for item in items if item[TRUTH_RATIO] is not None]
 
 
-def check_reference(config: EvalConfig, splits: Sequence[str], reference: EvalResult, source: str) -> None:
+def check_reference(
+    config: EvalConfig,
+    splits: Sequence[str],
+    reference: EvalResult,
+    source: str,
+    forget_questions: Sequence[str] | None = None,
+) -> None:
     """Raise ValueError, before any model runs, when the reference eval `reference` (read from `source`) cannot
     serve a suite of `config` over `splits`: the suite computes nothing against a reference, or it takes forget
-    quality and the reference has no per-item truth ratios on the forget split."""
+    quality and the reference has no per-item truth ratios on the forget split, or scored other items than
+    `forget_questions` (the forget split's questions, when known)."""
     forget = config.forget_split
     takes_forget_quality = forget in splits and TRUTH_RATIO in config.split_metrics(forget)
     scores = config.mia["scores"] if config.mia is not None else ()
@@ -421,6 +430,8 @@ def check_reference(config: EvalConfig, splits: Sequence[str], reference: EvalRe
         )
     if takes_forget_quality:
         _forget_ratios(reference.split_items(forget), forget, f"reference eval {source}")
+        if forget_questions is not None:
+            check_same_items(forget_questions, [item.get("question") for item in reference.split_items(forget)], forget)
 
 
 def _forget_quality(
@@ -432,6 +443,11 @@ def _forget_quality(
         return {"value": None, "reason": f"no truth ratios on a {split!r} split were computed"}
     if reference is None:
         return {"value": None, "reason": "no reference eval given (pass --reference_eval retain/eval.json)"}
+    check_same_items(
+        [item.get("question") for item in splits[split]["items"]],
+        [item.get("question") for item in reference.split_items(split)],
+        split,
+    )
     ratios = _forget_ratios(splits[split]["items"], split, "evaluated model")
     reference_ratios = _forget_ratios(reference.split_items(split), split, "reference eval")
     if len(ratios) != len(reference_ratios):
@@ -439,7 +455,35 @@ def _forget_quality(
             f"forget quality compares the same forget items, but this eval has {len(ratios)} forget truth "
             f"ratios and the reference eval {len(reference_ratios)}; evaluate both on the same items."
         )
-    return {"value": aggregate.forget_quality(ratios, reference_ratios), "n": len(ratios)}
+    p_value, statistic = aggregate.ks_test(ratios, reference_ratios)
+    return {"value": p_value, "ks_statistic": statistic, "n": len(ratios)}
+
+
+def forget_questions(splits: Mapping[str, Dataset], forget_split: str) -> list[str] | None:
+    """The questions of the loaded forget split, in order, which the reference eval must have scored; None when
+    there is no such split or it has no questions."""
+    dataset = splits.get(forget_split)
+    if dataset is None or "question" not in dataset.column_names:
+        return None
+    return list(dataset["question"])
+
+
+def check_same_items(questions: Sequence[str | None], reference_questions: Sequence[str | None], split: str) -> None:
+    """Raise ValueError unless the reference eval scored the same items of `split`, in the same order, as this
+    evaluation (compared by question; an older reference without questions is compared by count only)."""
+    if None in reference_questions or None in questions:
+        return
+    if len(questions) != len(reference_questions):
+        raise ValueError(
+            f"forget quality compares the same {split!r} items, but this evaluation has {len(questions)} and the "
+            f"reference eval {len(reference_questions)}; evaluate both with the same suite, data and max_items."
+        )
+    for index, (mine, theirs) in enumerate(zip(questions, reference_questions, strict=True)):
+        if mine != theirs:
+            raise ValueError(
+                f"forget quality compares the same {split!r} items, but item {index} differs: {mine[:80]!r} here, "
+                f"{theirs[:80]!r} in the reference eval; evaluate both with the same suite, data and max_items."
+            )
 
 
 def _model_utility(splits: Mapping[str, Any], config: EvalConfig) -> dict[str, Any]:
@@ -539,7 +583,9 @@ def evaluate_splits(
     result["summary"] = {
         "forget_quality": _forget_quality(results, config, reference),
         "model_utility": _model_utility(results, config),
-        "privleak": membership.privleak_summary(mia, reference, config.privleak_score),
+        "privleak": membership.privleak_summary(
+            mia, reference, config.privleak_score, published_auc=config.privleak_published_auc
+        ),
     }
     if config.attacks:
         result["attacks"] = _run_attacks(model, tokenizer, splits, results, config, timing)

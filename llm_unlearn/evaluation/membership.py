@@ -96,27 +96,38 @@ def membership_inference(
 
 
 def privleak_summary(
-    mia: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, score: str
+    mia: Mapping[str, Any] | None,
+    reference: Mapping[str, Any] | None,
+    score: str,
+    *,
+    published_auc: float | None = None,
 ) -> dict[str, Any]:
     """MUSE PrivLeak of this model against the retain model's eval `reference`, from the AUCs of `score` (MUSE:
-    Min-40%, `min_k`) on the same member and nonmember splits (docs/metrics.md#privleak), or why it is missing."""
+    Min-40%, `min_k`) on the same member and nonmember splits (docs/metrics.md#privleak), or why it is missing.
+    Without a reference, against `published_auc` when given (a published retrained model's AUC in MUSE's
+    orientation, as MUSE's own code does), and labelled so (`reference: "published"`)."""
     if mia is None:
         return {"value": None, "reason": "no membership inference was run (the suite has no 'mia' section)"}
     if score not in mia["scores"]:
         return {"value": None, "reason": f"the suite's membership scores do not include {score!r}"}
-    if reference is None:
+    source = "reference eval"
+    if reference is None and published_auc is not None:
+        # Published in MUSE's orientation; the summary's AUCs are roc_auc(forget, holdout).
+        reference_auc, source = 1.0 - published_auc, "published"
+    elif reference is None:
         return {"value": None, "reason": "no reference eval given (pass --reference_eval retain/eval.json)"}
-    reference_mia = reference.get("mia") or {}
-    reference_auc = (reference_mia.get("scores") or {}).get(score, {}).get("auc")
-    if reference_auc is None or (reference_mia["members"], reference_mia["nonmembers"]) != (
-        mia["members"],
-        mia["nonmembers"],
-    ):
-        return {
-            "value": None,
-            "reason": f"the reference eval has no {score!r} AUC on the same member/nonmember splits; "
-            f"evaluate the retain model with the same suite",
-        }
+    else:
+        reference_mia = reference.get("mia") or {}
+        reference_auc = (reference_mia.get("scores") or {}).get(score, {}).get("auc")
+        if reference_auc is None or (reference_mia["members"], reference_mia["nonmembers"]) != (
+            mia["members"],
+            mia["nonmembers"],
+        ):
+            return {
+                "value": None,
+                "reason": f"the reference eval has no {score!r} AUC on the same member/nonmember splits; "
+                f"evaluate the retain model with the same suite",
+            }
     auc = mia["scores"][score]["auc"]
     if math.isclose(reference_auc, 1.0):
         return {"value": None, "reason": "the reference model's AUC is 1 (MUSE orientation 0): undefined"}
@@ -125,4 +136,5 @@ def privleak_summary(
         "score": score,
         "auc": auc,
         "reference_auc": reference_auc,
+        "reference": source,
     }

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_unlearn.evaluation.evaluator import check_reference, evaluate_splits
+from llm_unlearn.evaluation.evaluator import check_reference, evaluate_splits, forget_questions
 from llm_unlearn.evaluation.harness import HarnessConfig, run_harness, task_manager
 from llm_unlearn.evaluation.report import check_report_output, write_report
 from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
@@ -96,7 +96,9 @@ def evaluate_model(
     started = time.perf_counter()
     datasets, config = suite.load()
     if reference is not None:
-        check_reference(config, list(datasets), reference, reference_eval)
+        check_reference(
+            config, list(datasets), reference, reference_eval, forget_questions(datasets, config.forget_split)
+        )
     harness = suite.harness_config()
     # lm-eval's task index is built, and every task name checked, before the model loads.
     manager = task_manager(harness) if harness is not None else None

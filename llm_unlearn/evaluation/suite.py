@@ -87,6 +87,13 @@ class Suite(DataArguments):
     privleak_score: str = field(
         default="min_k", metadata={"help": "The MIA score PrivLeak uses (MUSE: min_k)."}
     )
+    privleak_published_auc: float | None = field(
+        default=None,
+        metadata={
+            "help": "A published retrained model's AUC for PrivLeak when no reference eval is given (MUSE-News "
+            "0.4772, MUSE-Books 0.5393); the summary labels the value as taken against it."
+        },
+    )
     utility: dict | str | None = field(
         default=None, metadata={"help": "Model utility's components: {split: [aggregate, ...]}."}
     )
@@ -252,6 +259,7 @@ class Suite(DataArguments):
             splits=splits,
             mia=self.mia,
             privleak_score=self.privleak_score,
+            privleak_published_auc=self.privleak_published_auc,
             utility=self.utility,
             forget_split=self.forget_split,
             retain_split=self.retain_split,
