@@ -490,3 +490,23 @@ def test_privleak_without_a_reference_eval_takes_the_published_retrained_auc_and
     assert privleak_summary(mia, None, "min_k")["reason"].startswith("no reference eval given")
     with_reference = {"mia": {"members": "f", "nonmembers": "h", "scores": {"min_k": {"auc": 0.5}}}}
     assert privleak_summary(mia, with_reference, "min_k", published_auc=0.4772)["reference"] == "reference eval"
+
+
+def test_intervals_resample_subjects_when_items_come_in_clusters():
+    """Twenty answers about one author move together; resampling them as independent items understates the
+    uncertainty of the mean. The cluster bootstrap resamples authors and gives the wider, honest interval."""
+    from llm_unlearn.evaluation.aggregate import bootstrap_ci, cluster_bootstrap_ci, summarize_with_ci
+
+    rng = np.random.default_rng(0)
+    authors = np.repeat(np.arange(10), 20)
+    values = rng.normal(size=10)[authors] + 0.1 * rng.normal(size=authors.size)
+    item_low, item_high = bootstrap_ci(values)
+    low, high = cluster_bootstrap_ci(values, list(authors))
+    assert (high - low) > 2 * (item_high - item_low)
+    assert low < values.mean() < high
+    assert summarize_with_ci(values, clusters=list(authors))["ci_low"] == low
+    # One subject, or none known: the items are resampled.
+    assert summarize_with_ci(values, clusters=[None] * values.size)["ci_low"] == item_low
+    assert summarize_with_ci(values, clusters=["a"] * values.size)["ci_low"] == item_low
+    # Every cluster the same size: the resampled mean is the mean of cluster means.
+    assert cluster_bootstrap_ci([1.0, 1.0, 3.0, 3.0], ["x", "x", "y", "y"], n_resamples=2000) == (1.0, 3.0)

@@ -381,8 +381,12 @@ def evaluate_split(
             value = metric.compute([inputs[key][index] for key in metric.inputs], conventions)
             record[metric.name] = None if value is None else float(value)
         records.append(record)
+    # Items about one subject (TOFU: 20 per author) are not independent: intervals resample subjects when known.
     aggregates = {
-        metric.name: summarize_with_ci(r[metric.name] for r in records if r[metric.name] is not None)
+        metric.name: summarize_with_ci(
+            [r[metric.name] for r in records if r[metric.name] is not None],
+            clusters=[r["subject_id"] for r in records if r[metric.name] is not None],
+        )
         for metric in metrics
     }
     if TRUTH_RATIO in aggregates:
