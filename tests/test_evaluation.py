@@ -478,3 +478,25 @@ def test_eval_json_says_what_max_length_cut_per_split(tiny_model, tiny_tokenizer
     assert result["splits"]["short"]["truncation"]["truncated"] == 0
     assert f"evaluation split 'forget': 1 of 2 examples are longer than max_length={max_length}" in caplog.text
     assert "evaluation split 'short'" not in caplog.text
+
+
+def test_membership_splits_are_scored_through_one_numerical_path(tiny_model, tiny_tokenizer, monkeypatch):
+    """The forget split takes the truth ratio, so it is scored through answer groups; the holdout split, its
+    nonmembers, is then scored the same way rather than by whole-sequence forward passes, so that the AUC compares
+    numbers from one path."""
+    rows = [
+        {"question": q, "answer": a, "paraphrased_answer": a, "perturbed_answer": ["No.", "Maybe."]} for q, a in QA
+    ]
+    splits = {"forget": Dataset.from_list(rows[:3]), "holdout": Dataset.from_list(rows[3:])}
+    config = EvalConfig(
+        metrics=("probability",), splits={"forget": {"metrics": ["probability", "truth_ratio"]}},
+        mia={"members": "forget", "nonmembers": "holdout", "scores": ["loss"]},
+    )  # fmt: skip
+
+    def whole_sequence_pass(*args, **kwargs):
+        raise AssertionError("a membership split was scored through the whole-sequence path")
+
+    monkeypatch.setattr(evaluator_module, "compute_item_statistics", whole_sequence_pass)
+    result = evaluate_splits(tiny_model, tiny_tokenizer, splits, config)
+    assert result["mia"]["scores"]["loss"]["auc"] is not None
+    assert "forward_s" not in result["timing"]

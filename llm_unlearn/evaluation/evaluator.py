@@ -259,6 +259,21 @@ def _timed(timing: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
     return value
 
 
+def _scored_by_answer_groups(config: EvalConfig, split: str, needed: set[str]) -> bool:
+    """Whether `split` is scored through answer groups (prompt once, answers from its cache): when the metrics
+    asked for need them (`needed` inputs), and for both membership splits when either split's metrics do, so that
+    an AUC compares scores from one numerical path (the two paths differ in low precision)."""
+    if "answer_group" in needed:
+        return True
+    if config.mia is None or split not in (config.mia["members"], config.mia["nonmembers"]):
+        return False
+    return any(
+        "answer_group" in get_metric(metric).inputs
+        for name in (config.mia["members"], config.mia["nonmembers"])
+        for metric in config.split_metrics(name)
+    )
+
+
 def _split_inputs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -277,7 +292,7 @@ def _split_inputs(
         "answer": [item.reference for item in items],
         "text": [item.text for item in items],
     }
-    if "answer_group" in needed:
+    if _scored_by_answer_groups(config, split, needed):
         groups = _timed(timing, "answer_groups_s", lambda: map_items(
             lambda part: _answer_groups(model, part, config, pad_token_id, distribution_stats, f"{split}: answers"),
             items,
