@@ -10,7 +10,7 @@ from transformers import set_seed
 from llm_unlearn.data.arguments import DataArguments
 from llm_unlearn.evaluation.callback import UnlearningEvalCallback
 from llm_unlearn.evaluation.evaluator import check_reference, forget_questions
-from llm_unlearn.evaluation.results import load_eval
+from llm_unlearn.evaluation.reference_logs import load_reference
 from llm_unlearn.evaluation.suite import Suite
 from llm_unlearn.models import ModelArguments, load_from_args
 from llm_unlearn.run_record import describe_data, finish_run, jsonable, staged_output
@@ -40,7 +40,7 @@ def unlearn(
         suite = Suite.from_yaml(training_args.eval_config)
         splits, eval_config = suite.load()
         if suite.reference_eval is not None:
-            reference = load_eval(suite.reference_eval)
+            reference = load_reference(suite.reference_eval, eval_config)
             check_reference(
                 eval_config, list(splits), reference, suite.reference_eval,
                 forget_questions(splits, eval_config.forget_split),

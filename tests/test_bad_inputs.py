@@ -147,12 +147,29 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
 CASE_NAMES = list(cases(Path("/nonexistent")))
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_bad_input_is_one_clear_line_and_changes_nothing(name, tmp_path, capsys, monkeypatch):
+def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every way into the model loader fail: the loader itself and each module that imported it by name.
+    The command modules are imported first, so that none imports the stand-in during a test and keeps it after."""
+    import importlib
+    import sys
+
+    from llm_unlearn import models
+
     def no_model(*args, **kwargs):
         raise AssertionError("bad input must be refused before a model loads")
 
-    monkeypatch.setattr("llm_unlearn.models.load_model_and_tokenizer", no_model)
+    for module_name, _ in cli.COMMANDS.values():
+        importlib.import_module(module_name)
+    loaders = {"load_model_and_tokenizer": models.load_model_and_tokenizer, "load_from_args": models.load_from_args}
+    for module in [m for name, m in sys.modules.items() if name.startswith("llm_unlearn")]:
+        for name, loader in loaders.items():
+            if getattr(module, name, None) is loader:
+                monkeypatch.setattr(module, name, no_model)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_clear_line_and_changes_nothing(name, tmp_path, capsys, monkeypatch):
+    forbid_model_loading(monkeypatch)
     write_inputs(tmp_path)
     argv, expected = cases(tmp_path)[name]
     before = files_of(tmp_path)

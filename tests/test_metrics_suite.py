@@ -481,8 +481,12 @@ def test_privleak_without_a_reference_eval_takes_the_published_retrained_auc_and
     model was evaluated; the summary does the same when the suite names it, and labels the value."""
     from llm_unlearn.evaluation.membership import privleak_summary
 
-    mia = {"members": "f", "nonmembers": "h", "scores": {"min_k": {"auc": 0.9}}}
+    mia = {"members": "f", "nonmembers": "h", "scores": {"min_k": {"auc": 0.9, "ci_low": 0.8, "ci_high": 0.95}}}
     summary = privleak_summary(mia, None, "min_k", published_auc=0.4772)
+    # The AUC's interval, mapped through PrivLeak (which falls as the AUC rises).
+    assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(
+        ((0.05 - 0.4772) / 0.4772 * 100, (0.2 - 0.4772) / 0.4772 * 100)
+    )
     assert summary["reference"] == "published"
     assert summary["reference_auc"] == pytest.approx(1 - 0.4772)
     # roc_auc 0.9 is 0.1 in MUSE's orientation: (0.1 - 0.4772) / 0.4772 * 100.

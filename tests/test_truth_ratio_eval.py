@@ -107,7 +107,7 @@ def test_forget_quality_against_a_reference_eval(tiny_model, tiny_tokenizer, tmp
     }
     # The same model's eval as reference: identical ratios, so the KS p-value is 1.
     again = evaluate_splits(tiny_model, tiny_tokenizer, _splits(), config, reference=EvalResult(result))
-    assert again["summary"]["forget_quality"] == {"value": 1.0, "ks_statistic": 0.0, "n": 2}
+    assert again["summary"]["forget_quality"] == {"value": 1.0, "ks_statistic": 0.0, "n": 2, "ci_low": 1.0, "ci_high": 1.0}
     # The reference must have scored the same items: the same questions, in the same order.
     other = copy.deepcopy(result)
     other["splits"]["forget"]["items"][1]["question"] = "Who is somebody else?"
@@ -136,6 +136,8 @@ def test_model_utility_is_the_harmonic_mean_of_its_recorded_inputs(tiny_model, t
     values = list(utility["inputs"].values())
     expected = 0.0 if min(values) <= 0 else len(values) / sum(1 / v for v in values)
     assert utility["value"] == pytest.approx(expected)
+    # Its bootstrap interval redraws each split's items and recomputes every component on the draw.
+    assert utility["ci_low"] <= utility["value"] <= utility["ci_high"]
 
     # Without rouge_l_recall no split qualifies: the summary says why instead of a number.
     result = evaluate_splits(

@@ -24,7 +24,8 @@ from llm_unlearn.config_files import load_arguments
 from llm_unlearn.data.schema import SUBJECT_FIELD
 from llm_unlearn.deletion.ledger import LedgerError
 from llm_unlearn.deletion.report import model_artifact
-from llm_unlearn.evaluation.results import EvalResult, load_eval
+from llm_unlearn.evaluation.reference_logs import load_reference
+from llm_unlearn.evaluation.results import EvalResult
 from llm_unlearn.files import atomic_directory
 from llm_unlearn.manifest import model_version, sha256_file
 from llm_unlearn.models import ModelArguments
@@ -102,7 +103,7 @@ def training_cost(run: Mapping[str, Any]) -> dict[str, float] | None:
 
 def _retain_run(reference_eval: str) -> dict[str, Any] | None:
     """The run.json of the model that `reference_eval` evaluated, when it is a local training run."""
-    model = load_eval(reference_eval).model
+    model = load_reference(reference_eval).model
     run = Path(str(model)) / "run.json" if model else None
     return _read_json(run) if run is not None and run.is_file() else None
 

@@ -51,6 +51,7 @@ from llm_unlearn.deletion.report import (
     write_unlearning_report,
 )
 from llm_unlearn.evaluation.gate import parse_check, run_gate
+from llm_unlearn.evaluation.reference_logs import load_reference
 from llm_unlearn.evaluation.results import load_eval, utility_change
 from llm_unlearn.evaluation.runner import evaluate_model
 from llm_unlearn.evaluation.suite import Suite
@@ -342,7 +343,7 @@ def check_inputs(settings: DeletionSettings, path: UnlearningPath, requests: Seq
         **({"max_items": settings.max_eval_items} if settings.max_eval_items else {}),
     )  # fmt: skip
     if settings.reference_eval:
-        load_eval(settings.reference_eval)
+        load_reference(settings.reference_eval)
     for spec in requests:
         path.check_settings(spec.subjects, settings.data_options(), settings.output_dir)
 

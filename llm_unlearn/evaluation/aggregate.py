@@ -268,6 +268,31 @@ def cluster_bootstrap_ci(
     return _percentile_interval(sums[rows].sum(axis=-1) / counts[rows].sum(axis=-1), n_resamples, confidence)
 
 
+def resampled_rows(
+    n: int, clusters: Sequence[Any] | None = None, n_resamples: int = 1000, seed: int = 0
+) -> list[np.ndarray]:
+    """The row indices of each bootstrap resample of `n` items: items drawn with replacement, or, given one
+    cluster label per item (at least two distinct, none None), whole clusters drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    if clusters is None or None in clusters or len(set(clusters)) < 2:
+        return list(rng.integers(0, n, size=(n_resamples, n)))
+    labels, index = np.unique(np.asarray([str(cluster) for cluster in clusters]), return_inverse=True)
+    members = [np.flatnonzero(index == label) for label in range(labels.size)]
+    picks = rng.integers(0, labels.size, size=(n_resamples, labels.size))
+    return [np.concatenate([members[label] for label in row]) for row in picks]
+
+
+def percentile_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval (low, high) of resampled statistics, NaN ones left out; NaN bounds when none is
+    left."""
+    array = np.asarray([value for value in values if not math.isnan(value)], dtype=np.float64)
+    if array.size == 0:
+        return math.nan, math.nan
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(array, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_ci_two_sample(
     first: Values,
     second: Values,

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -39,7 +41,7 @@ from llm_unlearn.evaluation.metrics import (
     ZlibText,
     get_metric,
 )
-from llm_unlearn.evaluation.results import TRUTH_RATIO_STAT, EvalResult
+from llm_unlearn.evaluation.results import SOURCE_FORMAT, TRUTH_RATIO_STAT, EvalResult
 from llm_unlearn.evaluation.statistics import AnswerGroup, compute_item_statistics, score_answer_groups
 
 logger = logging.getLogger(__name__)
@@ -436,7 +438,7 @@ def check_reference(
     """Raise ValueError, before any model runs, when the reference eval `reference` (read from `source`) cannot
     serve a suite of `config` over `splits`: the suite computes nothing against a reference, or it takes forget
     quality and the reference has no per-item truth ratios on the forget split, or scored other items than
-    `forget_questions` (the forget split's questions, when known)."""
+    `forget_questions` (the forget split's questions, when known; a framework log's items have none)."""
     forget = config.forget_split
     takes_forget_quality = forget in splits and TRUTH_RATIO in config.split_metrics(forget)
     scores = config.mia["scores"] if config.mia is not None else ()
@@ -448,6 +450,12 @@ def check_reference(
             f"score and {membership.REFERENCE_SCORE} a 'mia' section); drop --reference_eval, or add them."
         )
     if takes_forget_quality:
+        if SOURCE_FORMAT in reference and not any(TRUTH_RATIO in item for item in reference.split_items(forget)):
+            raise ValueError(
+                f"--reference_eval {source}: this log of {reference[SOURCE_FORMAT]} has no per-item "
+                "forget_truth_ratio values, which forget quality compares; give the retain model's TOFU_EVAL.json (a "
+                "TOFU_SUMMARY.json or a MUSE_EVAL.json has none)."
+            )
         _forget_ratios(reference.split_items(forget), forget, f"reference eval {source}")
         if forget_questions is not None:
             check_same_items(forget_questions, [item.get("question") for item in reference.split_items(forget)], forget)
@@ -475,7 +483,29 @@ def _forget_quality(
             f"ratios and the reference eval {len(reference_ratios)}; evaluate both on the same items."
         )
     p_value, statistic = aggregate.ks_test(ratios, reference_ratios)
-    return {"value": p_value, "ks_statistic": statistic, "n": len(ratios)}
+    low, high = _forget_quality_interval(splits[split]["items"], reference.split_items(split), config.seed)
+    quality = {"value": p_value, "ks_statistic": statistic, "n": len(ratios), "ci_low": low, "ci_high": high}
+    if SOURCE_FORMAT in reference:
+        # A reference read from another framework's log says so: its items were matched by count, not by question.
+        quality["reference_format"] = reference[SOURCE_FORMAT]
+    return quality
+
+
+def _forget_quality_interval(
+    items: Sequence[Mapping[str, Any]], reference_items: Sequence[Mapping[str, Any]], seed: int
+) -> tuple[float, float]:
+    """Bootstrap interval of forget quality: the same forget items (whole subjects when known) drawn for both
+    models, the KS p-value recomputed on each draw."""
+    pairs = [
+        (mine[TRUTH_RATIO], theirs[TRUTH_RATIO], mine.get("subject_id"))
+        for mine, theirs in zip(items, reference_items, strict=True)
+        if mine.get(TRUTH_RATIO) is not None and theirs.get(TRUTH_RATIO) is not None
+    ]
+    if len(pairs) < 2:
+        return math.nan, math.nan
+    mine, theirs = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    rows = aggregate.resampled_rows(len(pairs), [p[2] for p in pairs], seed=seed)
+    return aggregate.percentile_interval(aggregate.ks_test(mine[row], theirs[row])[0] for row in rows)
 
 
 def forget_questions(splits: Mapping[str, Dataset], forget_split: str) -> list[str] | None:
@@ -532,7 +562,45 @@ def _model_utility(splits: Mapping[str, Any], config: EvalConfig) -> dict[str, A
             "reason": "no non-forget split has probability, rouge_l_recall and truth_ratio_stat "
             "(evaluate probability, rouge_l_recall and truth_ratio on a retain split)",
         }
-    return {"value": aggregate.model_utility(inputs), "inputs": inputs}
+    low, high = _model_utility_interval(splits, components, config)
+    return {"value": aggregate.model_utility(inputs), "inputs": inputs, "ci_low": low, "ci_high": high}
+
+
+def _model_utility_interval(
+    splits: Mapping[str, Any], components: Mapping[str, Sequence[str]], config: EvalConfig
+) -> tuple[float, float]:
+    """Bootstrap interval of model utility: each split's items (whole subjects when known) drawn on their own,
+    every component of the split recomputed on the draw, then the harmonic mean; NaN bounds when a component has
+    no per-item values to draw from."""
+    draws: dict[str, list[np.ndarray]] = {}
+    values: dict[str, dict[str, list[Any]]] = {}
+    for number, (split, names) in enumerate(components.items()):
+        items = splits[split].get("items") or []
+        source = {name: TRUTH_RATIO if name == TRUTH_RATIO_STAT else name for name in names}
+        if not items or any(source[name] not in items[0] for name in names):
+            return math.nan, math.nan
+        values[split] = {name: [item.get(source[name]) for item in items] for name in names}
+        clusters = [item.get("subject_id") for item in items]
+        draws[split] = aggregate.resampled_rows(len(items), clusters, seed=config.seed + number)
+
+    def component(split: str, name: str, rows: np.ndarray) -> float:
+        drawn = [value for value in (values[split][name][row] for row in rows) if value is not None]
+        if not drawn:
+            return math.nan
+        if name == TRUTH_RATIO_STAT:
+            return _truth_ratio_stat(split, config, drawn)["value"]
+        return float(np.mean(drawn))
+
+    utilities = []
+    for draw in range(len(next(iter(draws.values())))):
+        inputs = {
+            f"{split}/{name}": component(split, name, draws[split][draw]) for split, names in components.items()
+            for name in names
+        }  # fmt: skip
+        utilities.append(
+            math.nan if any(math.isnan(v) for v in inputs.values()) else aggregate.model_utility(inputs)
+        )
+    return aggregate.percentile_interval(utilities)
 
 
 def _run_attacks(

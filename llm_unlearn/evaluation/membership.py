@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_unlearn.evaluation import aggregate
+from llm_unlearn.evaluation.results import SOURCE_FORMAT
 
 # Scores, all oriented "higher = looks less like a member". All but `loss_minus_reference` are per-item metrics
 # of the evaluated model; that one needs the reference (retain) model's per-item LOSS from its eval.json.
@@ -65,10 +66,12 @@ def membership_inference(
 ) -> dict[str, Any]:
     """AUC of each score between `members` (labelled 0) and `nonmembers` (labelled 1) items of `result`, with
     its bootstrap 95% interval and sample sizes; near 1: the members look like training data, 0.5:
-    indistinguishable (docs/metrics.md#auc). The reference-model score needs `reference`; without it, that
-    score says why it is missing."""
+    indistinguishable (docs/metrics.md#auc). The reference-model score needs `reference`, an eval.json of this
+    project; without one, that score says why it is missing."""
     check_scores(scores)
-    if REFERENCE_SCORE in scores and reference is not None:
+    # Another framework's log has no per-item losses of these items, matched by question, to subtract.
+    foreign = reference is not None and SOURCE_FORMAT in reference
+    if REFERENCE_SCORE in scores and reference is not None and not foreign:
         add_reference_scores(result, reference, [members, nonmembers])
     member_items = _items(result, members, "evaluated model")
     nonmember_items = _items(result, nonmembers, "evaluated model")
@@ -78,6 +81,13 @@ def membership_inference(
             section["scores"][score] = {
                 "auc": None,
                 "reason": "no reference eval given (pass --reference_eval retain/eval.json)",
+            }
+            continue
+        if score == REFERENCE_SCORE and foreign:
+            section["scores"][score] = {
+                "auc": None,
+                "reason": f"the reference eval is a log of {reference[SOURCE_FORMAT]}, without per-item losses of "
+                "these items; this score needs the retain model's eval.json",
             }
             continue
         member_values = [item[score] for item in member_items]
@@ -105,7 +115,8 @@ def privleak_summary(
     """MUSE PrivLeak of this model against the retain model's eval `reference`, from the AUCs of `score` (MUSE:
     Min-40%, `min_k`) on the same member and nonmember splits (docs/metrics.md#privleak), or why it is missing.
     Without a reference, against `published_auc` when given (a published retrained model's AUC in MUSE's
-    orientation, as MUSE's own code does), and labelled so (`reference: "published"`)."""
+    orientation, as MUSE's own code does), and labelled so (`reference: "published"`); a reference read from
+    another framework's log is labelled with it (`reference_format`)."""
     if mia is None:
         return {"value": None, "reason": "no membership inference was run (the suite has no 'mia' section)"}
     if score not in mia["scores"]:
@@ -131,10 +142,22 @@ def privleak_summary(
     auc = mia["scores"][score]["auc"]
     if math.isclose(reference_auc, 1.0):
         return {"value": None, "reason": "the reference model's AUC is 1 (MUSE orientation 0): undefined"}
-    return {
+    # PrivLeak falls as the AUC rises (the reference held fixed), so the AUC's interval maps to PrivLeak's, reversed.
+    low, high = (
+        aggregate.privleak(mia["scores"][score][bound], reference_auc, orientation="roc_auc")
+        if mia["scores"][score].get(bound) is not None
+        else math.nan
+        for bound in ("ci_high", "ci_low")
+    )
+    summary = {
         "value": aggregate.privleak(auc, reference_auc, orientation="roc_auc"),
         "score": score,
         "auc": auc,
         "reference_auc": reference_auc,
         "reference": source,
+        "ci_low": low,
+        "ci_high": high,
     }
+    if reference is not None and SOURCE_FORMAT in reference:
+        summary["reference_format"] = reference[SOURCE_FORMAT]
+    return summary

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_unlearn.evaluation import plots
+from llm_unlearn.evaluation.reference_logs import load_reference
 from llm_unlearn.evaluation.results import AttackResult, EvalResult, Measurement, load_eval
 from llm_unlearn.files import atomic_directory, read_json_object, write_text_atomic
 
@@ -208,7 +209,7 @@ def _reference_ratios(run: Run) -> tuple[list[Any] | None, str | None]:
     if not isinstance(reference, str):
         return None, None
     try:
-        return _forget_ratios(load_eval(reference)), None
+        return _forget_ratios(load_reference(reference)), None
     except (OSError, ValueError) as error:
         return None, f"The reference eval {reference} recorded in eval.json could not be read ({error})."
 

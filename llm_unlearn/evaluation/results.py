@@ -24,6 +24,8 @@ The format, as `evaluate_splits` writes it, with the run's fields that `llm-unle
   `lm_eval_tasks`.
 - `config` (the EvalConfig), `timing`, and from the command `suite`, `model`, `artifacts`, `reference_eval`,
   `num_processes` and `wall_time_s`.
+- `source_format`: absent from an eval.json; in a result read from another framework's log as a reference eval
+  (`llm_unlearn.evaluation.reference_logs`), that framework ('open-unlearning').
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from llm_unlearn.data.formatting import Truncation
 from llm_unlearn.files import write_json_atomic
 
 TRUTH_RATIO_STAT = "truth_ratio_stat"
+# The key naming the framework whose log a result was read from (absent: this project's eval.json).
+SOURCE_FORMAT = "source_format"
 # Aggregates over a split's items as a whole, written as {"value", "n"} rather than a mean with an interval.
 SPLIT_STATISTICS = (TRUTH_RATIO_STAT,)
 NOT_AN_EVAL = (

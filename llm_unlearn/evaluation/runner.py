@@ -15,6 +15,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_unlearn.evaluation.evaluator import check_reference, evaluate_splits, forget_questions
 from llm_unlearn.evaluation.harness import HarnessConfig, run_harness, task_manager
+from llm_unlearn.evaluation.reference_logs import (
+    EXPORT_FORMATS,
+    load_reference,
+    open_unlearning_log_name,
+    write_open_unlearning_log,
+)
 from llm_unlearn.evaluation.report import check_report_output, write_report
 from llm_unlearn.evaluation.results import EvalResult, load_eval, save_eval
 from llm_unlearn.evaluation.suite import Suite
@@ -70,11 +76,13 @@ def evaluate_model(
     output_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    export_reference_format: str | None = None,
 ) -> Path:
     """Evaluate the model `model_args` names (at its revision, dtype and trust_remote_code) with `suite` (against
-    its `reference_eval`) and write `output_dir/eval.json` (and, with the suite's `report`, the report beside
-    it); returns its path. Under `accelerate launch` every process evaluates a share of the items (and the whole
-    of the suite's lm-eval tasks) and the main process writes."""
+    its `reference_eval`: an eval.json, or a log of locuslab/open-unlearning) and write `output_dir/eval.json`
+    (and, with the suite's `report`, the report beside it; with `export_reference_format` 'open-unlearning', its
+    numbers as that framework's log, `export_path`); returns its path. Under `accelerate launch` every process
+    evaluates a share of the items (and the whole of the suite's lm-eval tasks) and the main process writes."""
     # PartialState, unlike the Trainer's arguments, does not read ACCELERATE_USE_CPU itself: without it a CPU
     # run under torchrun would see one process and let every rank write. The true values are those accelerate
     # accepts for its env flags (accelerate.utils.str_to_bool).
@@ -83,16 +91,26 @@ def evaluate_model(
     path = check_writable_dir(output_dir) / EVAL_FILE
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    export = None
+    if export_reference_format is not None:
+        if export_reference_format not in EXPORT_FORMATS:
+            raise ValueError(
+                f"export_reference_format {export_reference_format!r} is not known; use one of {EXPORT_FORMATS}."
+            )
+        export = export_path(output_dir, suite)
+        if export.exists() and not overwrite:
+            raise FileExistsError(f"{export} exists; pass --overwrite to replace it.")
     if suite.report:
         check_report_output(output_dir, overwrite)
     if not model_args.model_name_or_path:
         raise ValueError("no model to evaluate; pass --model_name_or_path (a Hub id, a directory or 'embedded').")
     reference, reference_eval = None, suite.reference_eval
     if reference_eval is not None:
-        # Checked before loading any model or data, so a wrong path fails at once.
+        # Checked before loading any model or data, so a wrong path fails at once. The suite's config (no data
+        # loaded) names the splits a framework log's numbers belong to.
         if not Path(reference_eval).is_file():
             raise FileNotFoundError(f"--reference_eval {reference_eval} does not exist.")
-        reference = load_eval(reference_eval)
+        reference = load_reference(reference_eval, suite.eval_config())
     started = time.perf_counter()
     datasets, config = suite.load()
     if reference is not None:
@@ -131,7 +149,15 @@ def evaluate_model(
             fallback = Path(tempfile.gettempdir()) / f"llm_unlearn-eval-{os.getpid()}.json"
             save_eval(result, fallback)
             raise OSError(f"could not write {path} ({error}); the evaluation is saved in {fallback}.") from error
+        if export is not None:
+            write_open_unlearning_log(load_eval(path), export, overwrite=overwrite)
         if suite.report:
             write_report([path.parent], path.parent, overwrite=overwrite)
     state.wait_for_everyone()
     return path
+
+
+def export_path(output_dir: str | os.PathLike, suite: Suite) -> Path:
+    """Where `--export_reference_format open-unlearning` writes: `output_dir/TOFU_EVAL.json` (`MUSE_EVAL.json` for
+    the muse suite), the name locuslab/open-unlearning gives its log."""
+    return Path(output_dir) / open_unlearning_log_name(suite.suite)

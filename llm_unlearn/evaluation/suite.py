@@ -135,7 +135,10 @@ class Suite(DataArguments):
     seed: int = 42
     reference_eval: str | None = field(
         default=None,
-        metadata={"help": "The retain model's eval.json, for forget quality, PrivLeak and the reference MIA."},
+        metadata={
+            "help": "The retain model's eval.json, for forget quality, PrivLeak and the reference MIA; or its log "
+            "from locuslab/open-unlearning (TOFU_EVAL.json, MUSE_EVAL.json), for forget quality and PrivLeak."
+        },
     )
     report: bool = field(default=True, metadata={"help": "Write report.md and report.html beside eval.json."})
     # Metric conventions (docs/metrics.md#metric-conventions); a split may override each in split_options.
