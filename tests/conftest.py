@@ -161,3 +161,20 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> str:
     build_tiny_llama(tiny_tokenizer).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return str(path)
+
+
+def item_statistics(logprobs=None, hits=None, mean=None, std=None):
+    """An ItemStatistics from plain lists, for metric tests: log-probs (default zeros), argmax hits (default all),
+    and the per-position mean and std of the next-token log-prob distribution (Min-K%++), when given."""
+    import numpy as np
+
+    from llm_unlearn.evaluation.statistics import ItemStatistics
+
+    logprobs = np.zeros(len(hits)) if logprobs is None else np.asarray(logprobs, dtype=np.float32)
+    hits = np.ones(len(logprobs), dtype=bool) if hits is None else np.asarray(hits, dtype=bool)
+    return ItemStatistics(
+        logprobs=logprobs,
+        argmax_hits=hits,
+        position_mean=None if mean is None else np.asarray(mean, dtype=np.float32),
+        position_std=None if std is None else np.asarray(std, dtype=np.float32),
+    )

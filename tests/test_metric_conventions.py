@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama, sharpen
+from conftest import build_tiny_llama, item_statistics, sharpen
 from datasets import Dataset
 
 from llm_unlearn.commands import evaluate
@@ -70,23 +70,12 @@ TOFU_CONVENTIONS = {
 MUSE_CONVENTIONS = {**TOFU_CONVENTIONS, "zlib_text": "text", "rouge_stemmer": False}
 
 
-def _stats(logprobs=None, hits=None, mean=None, std=None) -> ItemStatistics:
-    logprobs = np.zeros(len(hits)) if logprobs is None else np.asarray(logprobs, dtype=np.float32)
-    hits = np.ones(len(logprobs), dtype=bool) if hits is None else np.asarray(hits, dtype=bool)
-    return ItemStatistics(
-        logprobs=logprobs,
-        argmax_hits=hits,
-        position_mean=None if mean is None else np.asarray(mean, dtype=np.float32),
-        position_std=None if std is None else np.asarray(std, dtype=np.float32),
-    )
-
-
 # --- each convention on hand arrays ----------------------------------------------------------------------
 
 
 def test_last_token_exclusion_on_hand_arrays():
     # The answer is reproduced token for token except its final (end-of-turn) prediction.
-    stats = _stats(logprobs=[-1.0, -2.0, -6.0], hits=[True, True, False])
+    stats = item_statistics(logprobs=[-1.0, -2.0, -6.0], hits=[True, True, False])
     assert exact_memorization(stats) == pytest.approx(2 / 3)
     assert exact_memorization(stats, exclude_last_token=True) == 1.0
     assert extraction_strength(stats) == 0.0  # the trailing run of hits is empty
@@ -95,35 +84,35 @@ def test_last_token_exclusion_on_hand_arrays():
     assert min_k(stats) == pytest.approx(6.0)
     assert min_k(stats, exclude_last_token=True) == pytest.approx(2.0)
     # z = (lp - mu) / sigma = (0, -1, -4): lowest -4 with every token, -1 without the last.
-    plus = _stats(logprobs=[-1.0, -2.0, -6.0], mean=[-1.0, -1.0, -2.0], std=[1.0, 1.0, 1.0])
+    plus = item_statistics(logprobs=[-1.0, -2.0, -6.0], mean=[-1.0, -1.0, -2.0], std=[1.0, 1.0, 1.0])
     assert min_k_plus_plus(plus) == pytest.approx(4.0)
     assert min_k_plus_plus(plus, exclude_last_token=True) == pytest.approx(1.0)
     # A single scored token is kept: there would be nothing left to score.
-    single = _stats(logprobs=[-3.0], hits=[False])
+    single = item_statistics(logprobs=[-3.0], hits=[False])
     assert exact_memorization(single, exclude_last_token=True) == 0.0
     assert min_k(single, exclude_last_token=True) == pytest.approx(3.0)
 
 
 def test_es_no_match_on_hand_arrays():
-    stats = _stats(hits=[True, True, True, False])
+    stats = item_statistics(hits=[True, True, True, False])
     assert extraction_strength(stats, no_match="zero") == 0.0
     assert extraction_strength(stats, no_match="inverse_length") == pytest.approx(1 / 4)
     # With the last token left out the suffix (3 of 3) matches, and the no-match value does not apply.
     assert extraction_strength(stats, no_match="inverse_length", exclude_last_token=True) == 1.0
     # |y| counts the tokens scored: 1/3 once the last is left out.
-    none = _stats(hits=[False, False, False, False])
+    none = item_statistics(hits=[False, False, False, False])
     assert extraction_strength(none, no_match="inverse_length", exclude_last_token=True) == pytest.approx(1 / 3)
 
 
 def test_min_k_fraction_on_hand_arrays():
-    stats = _stats(logprobs=[-1.0, -2.0, -3.0, -4.0, -10.0])
+    stats = item_statistics(logprobs=[-1.0, -2.0, -3.0, -4.0, -10.0])
     assert min_k(stats) == pytest.approx(7.0)  # k = 0.4: the 2 lowest, (-10, -4)
     assert min_k(stats, k=0.2) == pytest.approx(10.0)
     assert min_k(stats, k=1.0) == pytest.approx(4.0)  # every token: the NLL
 
 
 def test_zlib_text_on_hand_strings():
-    stats = _stats(logprobs=[-1.0, -3.0])
+    stats = item_statistics(logprobs=[-1.0, -3.0])
     answer, text = "Paris.", "What is the capital of France? Paris."
     whole = 2.0 / len(zlib_module.compress(text.encode("utf-8")))
     alone = 2.0 / len(zlib_module.compress(answer.encode("utf-8")))
@@ -259,7 +248,7 @@ def test_teacher_forced_conventions_reach_the_metrics(tiny_model, tiny_tokenizer
     # Every item scored as the hand arrays above: all reproduced but the final (end-of-turn) prediction.
     def statistics(model, encoded, **kwargs) -> list[ItemStatistics]:
         return [
-            _stats(logprobs=[-1.0, -2.0, -6.0], hits=[True, True, False], mean=[-1.0, -1.0, -2.0], std=[1.0] * 3)
+            item_statistics(logprobs=[-1.0, -2.0, -6.0], hits=[True, True, False], mean=[-1.0, -1.0, -2.0], std=[1.0] * 3)
             for _ in encoded
         ]
 

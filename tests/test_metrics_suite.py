@@ -10,7 +10,7 @@ import zlib as zlib_module
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, item_statistics
 from scipy import stats as scipy_stats
 
 from llm_unlearn.data.formatting import IGNORE_INDEX, encode_qa, encode_text
@@ -41,21 +41,10 @@ from llm_unlearn.evaluation.metrics import (
     min_k_plus_plus,
     zlib,
 )
-from llm_unlearn.evaluation.statistics import ItemStatistics, compute_item_statistics
+from llm_unlearn.evaluation.statistics import compute_item_statistics
 
 # Retrained-model AUCs published by MUSE (Shi et al. 2024), in MUSE's orientation (docs/metrics.md#privleak).
 MUSE_RETRAINED_AUC = {"news": 0.4772, "books": 0.5393}
-
-
-def _stats(logprobs=None, hits=None, mean=None, std=None) -> ItemStatistics:
-    logprobs = np.zeros(len(hits)) if logprobs is None else np.asarray(logprobs, dtype=np.float32)
-    hits = np.ones(len(logprobs), dtype=bool) if hits is None else np.asarray(hits, dtype=bool)
-    return ItemStatistics(
-        logprobs=logprobs,
-        argmax_hits=hits,
-        position_mean=None if mean is None else np.asarray(mean, dtype=np.float32),
-        position_std=None if std is None else np.asarray(std, dtype=np.float32),
-    )
 
 
 # --- distribution statistics in the one teacher-forced pass ---------------------------------------------
@@ -156,8 +145,8 @@ def test_new_metrics_are_registered_with_their_inputs():
 
 
 def test_exact_memorization_is_the_fraction_of_argmax_hits():
-    assert exact_memorization(_stats(hits=[True, False, True, True])) == 0.75
-    assert exact_memorization(_stats(hits=[False, False])) == 0.0
+    assert exact_memorization(item_statistics(hits=[True, False, True, True])) == 0.75
+    assert exact_memorization(item_statistics(hits=[False, False])) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -173,7 +162,7 @@ def test_exact_memorization_is_the_fraction_of_argmax_hits():
     ],
 )
 def test_extraction_strength_on_argmax_patterns(hits, zero, inverse_length):
-    stats = _stats(hits=hits)
+    stats = item_statistics(hits=hits)
     assert extraction_strength(stats) == pytest.approx(zero)
     assert extraction_strength(stats, no_match="inverse_length") == pytest.approx(inverse_length)
     assert get_metric("extraction_strength").fn(stats) == pytest.approx(zero)
@@ -181,11 +170,11 @@ def test_extraction_strength_on_argmax_patterns(hits, zero, inverse_length):
 
 def test_extraction_strength_rejects_an_unknown_convention():
     with pytest.raises(ValueError, match="no_match must be"):
-        extraction_strength(_stats(hits=[1]), no_match="half")
+        extraction_strength(item_statistics(hits=[1]), no_match="half")
 
 
 def test_loss_and_zlib_scores():
-    stats = _stats(logprobs=[-1.0, -3.0])
+    stats = item_statistics(logprobs=[-1.0, -3.0])
     assert loss(stats) == pytest.approx(2.0)
     # An empty input compresses to 8 bytes: a 2-byte zlib header, a 2-byte empty final block, a 4-byte Adler-32.
     assert zlib(stats, answer="", text="") == pytest.approx(2.0 / 8)
@@ -198,11 +187,11 @@ def test_loss_and_zlib_scores():
 
 
 def test_min_k_on_a_hand_array():
-    stats = _stats(logprobs=[-3.0, -1.0, -5.0, -2.0, -4.0])
+    stats = item_statistics(logprobs=[-3.0, -1.0, -5.0, -2.0, -4.0])
     assert min_k(stats) == pytest.approx(4.5)  # floor(0.4 * 5) = 2 lowest: -5, -4
     assert min_k(stats, k=0.1) == pytest.approx(5.0)  # floor(0.5) = 0 -> at least one token
     assert min_k(stats, k=1.0) == pytest.approx(3.0)
-    assert min_k(_stats(logprobs=[-0.5])) == pytest.approx(0.5)
+    assert min_k(item_statistics(logprobs=[-0.5])) == pytest.approx(0.5)
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(ValueError, match=r"k must be a fraction in \(0, 1\]"):
             min_k(stats, k=bad)
@@ -210,13 +199,13 @@ def test_min_k_on_a_hand_array():
 
 def test_min_k_plus_plus_with_hand_mean_and_std():
     # z = (-1 + 1.5) / 0.5 = 1, (-2 + 1) / 1 = -1, and 0 where sigma = 0 (guarded, not 0/0 or -1/0).
-    stats = _stats(logprobs=[-1.0, -2.0, -3.0], mean=[-1.5, -1.0, -2.0], std=[0.5, 1.0, 0.0])
+    stats = item_statistics(logprobs=[-1.0, -2.0, -3.0], mean=[-1.5, -1.0, -2.0], std=[0.5, 1.0, 0.0])
     assert min_k_plus_plus(stats) == pytest.approx(1.0)  # floor(1.2) = 1 lowest z: -1
     assert min_k_plus_plus(stats, k=2 / 3) == pytest.approx(0.5)  # mean(-1, 0)
     assert min_k_plus_plus(stats, k=1.0) == pytest.approx(0.0)
     assert math.isfinite(min_k_plus_plus(stats, k=1.0))
     with pytest.raises(ValueError, match=r"distribution_stats=True"):
-        min_k_plus_plus(_stats(logprobs=[-1.0]))
+        min_k_plus_plus(item_statistics(logprobs=[-1.0]))
 
 
 def test_min_k_plus_plus_from_the_model_pass(tiny_tokenizer):
@@ -333,8 +322,8 @@ def test_roc_auc_orientation_and_hand_cases():
 
 def test_roc_auc_with_the_metrics_orientation():
     # Forget items the model reproduces confidently (high lp_t) against holdout items it finds unlikely.
-    forget = [_stats(logprobs=[-0.1, -0.2, -0.05]), _stats(logprobs=[-0.3, -0.1, -0.2])]
-    holdout = [_stats(logprobs=[-3.0, -2.0, -4.0]), _stats(logprobs=[-2.5, -5.0, -1.5])]
+    forget = [item_statistics(logprobs=[-0.1, -0.2, -0.05]), item_statistics(logprobs=[-0.3, -0.1, -0.2])]
+    holdout = [item_statistics(logprobs=[-3.0, -2.0, -4.0]), item_statistics(logprobs=[-2.5, -5.0, -1.5])]
     for score in (loss, min_k):
         assert roc_auc([score(s) for s in forget], [score(s) for s in holdout]) == 1.0
 
